@@ -1,0 +1,36 @@
+# Two entry points on a fresh machine: `make train` and `make test`. Both (re)build .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP := $(VENV)/.installed
+THREADS ?= 2
+TRAIN_ARGS ?= --algo ppo --preset scripts/configs/halfcheetah_ppo_tuned.yaml --total-steps 100000 --out runs/make_train --threads $(THREADS)
+
+.PHONY: venv train test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+train: venv
+	rm -rf runs/make_train
+	$(PY) scripts/train.py $(TRAIN_ARGS)
+
+test: venv
+	$(PY) -m pytest tests
+
+lint: venv
+	$(PY) -m ruff check mbmpo dynamics policies scripts tests benchmarks
+
+bench: venv
+	$(PIP) install -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/ppo_vs_sb3.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,285 @@
+"""Batched environments behind one torch protocol, shared by real and imagined rollouts.
+
+Protocol (DESIGN.md, principle 6)::
+
+    reset() -> obs [N, obs_dim]
+    step(act [N, ...]) -> obs, reward [N], terminated [N], truncated [N], info
+
+All tensors are torch tensors on the env's device. ``info["final_obs"]`` is ``[N, obs_dim]``:
+the observation that followed the action (the final one where an episode ended, so
+time-limit truncations can bootstrap), equal to ``obs`` elsewhere. ``info["episode"]``
+holds ``{"mask": [N] bool, "r": [N], "l": [N]}``: undiscounted raw return and length of the
+episodes that ended at this step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torch import Tensor
+
+from mbmpo.errors import ConfigError
+from mbmpo.normalization import RunningMeanStd
+
+# mujoco 4 warns about `settotalmass` each time a model loads; it is harmless for us.
+logging.getLogger("mujoco").setLevel(logging.ERROR)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError naming ``env_id`` and close registered ids when it is unknown."""
+    if env_id.startswith("MiniGrid"):
+        _import_minigrid()
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry"
+    raise ConfigError(f"unknown env id {env_id!r}{hint}")
+
+
+def _import_minigrid() -> None:
+    try:
+        import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("MiniGrid env ids need the 'minigrid' package: pip install minigrid") from exc
+
+
+class MiniGridFlatObs(gym.ObservationWrapper):
+    """MiniGrid's dict observation -> flat Box: the 7x7x3 egocentric image scaled to [0, 1]
+    per channel (object, colour, state) and a one-hot of the agent's direction."""
+
+    _SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        img = env.observation_space["image"]
+        self._img_dim = int(np.prod(img.shape))
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self._img_dim + 4,), np.float32)
+
+    def observation(self, observation: dict[str, Any]) -> np.ndarray:
+        img = (observation["image"].astype(np.float32) / self._SCALE).reshape(-1)
+        direction = np.zeros(4, dtype=np.float32)
+        direction[int(observation["direction"])] = 1.0
+        return np.concatenate([img, direction])
+
+
+def make_env_fn(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Callable[[], gym.Env]:
+    """A thunk that builds one gymnasium env, with the flattening wrapper MiniGrid needs."""
+    check_env_id(env_id)
+    kwargs = dict(env_kwargs or {})
+
+    def thunk() -> gym.Env:
+        env = gym.make(env_id, **kwargs)
+        if env_id.startswith("MiniGrid"):
+            env = MiniGridFlatObs(env)
+        return env
+
+    return thunk
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space, need_box_actions: bool = False):
+    """Raise ConfigError unless obs is a flat Box and actions are a 1-D Box (or Discrete)."""
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(
+            f"observation space {obs_space} is not supported: a flat Box is needed "
+            "(wrap Dict/image observations with a flattening wrapper)"
+        )
+    box_act = isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+    if need_box_actions and not box_act:
+        raise ConfigError(f"action space {act_space} is not supported here: a 1-D Box is needed")
+    if not box_act and not isinstance(act_space, gym.spaces.Discrete):
+        raise ConfigError(f"action space {act_space} is not supported: allowed are 1-D Box or Discrete")
+
+
+class GymVecEnv:
+    """gymnasium vector env (SAME_STEP autoreset) behind the torch batch protocol.
+
+    Box actions are clipped to the action bounds for the env step only (the policy's raw
+    sample is what the learner stores).
+
+    Args:
+        env_id: gymnasium id.
+        num_envs: number of env copies N.
+        seed: env i is seeded with ``seed + i`` at the first reset.
+        env_kwargs: passed to ``gymnasium.make``.
+        vectorization: ``"sync"`` (default; cheapest on few cores) or ``"async"``.
+        device: torch device of the returned tensors.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+        vectorization: str = "sync",
+        device: str | torch.device = "cpu",
+    ):
+        if vectorization not in ("sync", "async"):
+            raise ConfigError(f"vectorization {vectorization!r} is not allowed; use 'sync' or 'async'")
+        thunk = make_env_fn(env_id, env_kwargs)
+        cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
+        self.env = cls([thunk] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.seed = seed
+        self.device = torch.device(device)
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        check_spaces(self.single_observation_space, self.single_action_space)
+        self._box = isinstance(self.single_action_space, gym.spaces.Box)
+        if self._box:
+            self._low = self.single_action_space.low
+            self._high = self.single_action_space.high
+        self._ep_ret = np.zeros(num_envs)
+        self._ep_len = np.zeros(num_envs, dtype=np.int64)
+        self._seeded = False
+
+    def _t(self, x: np.ndarray, dtype=torch.float32) -> Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is None and not self._seeded:
+            seed = self.seed
+        self._seeded = True
+        obs, _ = self.env.reset(seed=seed)
+        self._ep_ret[:] = 0
+        self._ep_len[:] = 0
+        return self._t(obs)
+
+    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        a = act.detach().cpu().numpy()
+        a = np.clip(a, self._low, self._high) if self._box else a.astype(np.int64)
+        obs, rew, term, trunc, info = self.env.step(a)
+        done = np.logical_or(term, trunc)
+        self._ep_ret += rew
+        self._ep_len += 1
+        final = obs
+        if done.any():
+            final = obs.copy()
+            for i in np.flatnonzero(done):
+                final[i] = info["final_obs"][i]
+        episode = {
+            "mask": torch.as_tensor(done),
+            "r": torch.as_tensor(self._ep_ret.copy()),
+            "l": torch.as_tensor(self._ep_len.copy()),
+        }
+        self._ep_ret[done] = 0
+        self._ep_len[done] = 0
+        out_info = {"final_obs": self._t(final), "episode": episode}
+        return (
+            self._t(obs),
+            self._t(rew),
+            self._t(term, torch.bool),
+            self._t(trunc, torch.bool),
+            out_info,
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class VecNormalize:
+    """Observation normalization and reward scaling for a batched env (Huang et al. 2022).
+
+    Observations: ``clip((o - mean) / std, +-clip_obs)`` with running statistics.
+    Rewards: divided by the running std of the discounted return, then clipped.
+    ``training=False`` freezes the statistics (evaluation). ``state_dict`` /
+    ``load_state_dict`` save and restore them.
+    """
+
+    def __init__(
+        self,
+        venv: GymVecEnv,
+        norm_obs: bool = True,
+        norm_reward: bool = True,
+        clip_obs: float = 10.0,
+        clip_reward: float = 10.0,
+        gamma: float = 0.99,
+        eps: float = 1e-8,
+    ):
+        self.venv = venv
+        self.num_envs = venv.num_envs
+        self.device = venv.device
+        self.single_observation_space = venv.single_observation_space
+        self.single_action_space = venv.single_action_space
+        self.norm_obs, self.norm_reward = norm_obs, norm_reward
+        self.clip_obs, self.clip_reward, self.gamma = clip_obs, clip_reward, gamma
+        self.obs_rms = RunningMeanStd(self.single_observation_space.shape, eps).to(self.device)
+        self.ret_rms = RunningMeanStd((), eps).to(self.device)
+        self._ret = torch.zeros(self.num_envs, dtype=torch.float64, device=self.device)
+        self.training = True
+
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        if not self.norm_obs:
+            return obs
+        return self.obs_rms.normalize(obs, self.clip_obs)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        obs = self.venv.reset(seed)
+        self._ret.zero_()
+        if self.training and self.norm_obs:
+            self.obs_rms.update(obs)
+        return self.normalize_obs(obs)
+
+    def step(self, act: Tensor):
+        obs, rew, term, trunc, info = self.venv.step(act)
+        if self.training and self.norm_obs:
+            self.obs_rms.update(obs)
+        if self.norm_reward:
+            self._ret = self._ret * self.gamma + rew.double()
+            if self.training:
+                self.ret_rms.update(self._ret)
+            rew = (rew / self.ret_rms.std.float()).clamp(-self.clip_reward, self.clip_reward)
+            self._ret[term | trunc] = 0.0
+        info["final_obs"] = self.normalize_obs(info["final_obs"])
+        return self.normalize_obs(obs), rew, term, trunc, info
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.ret_rms.load_state_dict(state["ret_rms"])
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+@torch.no_grad()
+def evaluate_episodes(
+    env: GymVecEnv,
+    act_fn: Callable[[Tensor], Tensor],
+    obs_fn: Callable[[Tensor], Tensor] | None = None,
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run exactly one full episode in each of the env's N copies.
+
+    Args:
+        env: a fresh (or reusable) :class:`GymVecEnv`; N copies give N episodes.
+        act_fn: ``obs [N, obs_dim] -> actions``; usually the deterministic policy.
+        obs_fn: observation transform (e.g. frozen normalization) applied before ``act_fn``.
+        seed: reset seed (env i gets ``seed + i``).
+
+    Returns:
+        ``(returns [N], lengths [N])`` of the first episode of each copy.
+    """
+    obs_fn = obs_fn or (lambda o: o)
+    obs = env.reset(seed=seed)
+    n = env.num_envs
+    done = np.zeros(n, dtype=bool)
+    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+    while not done.all():
+        obs, _, _, _, info = env.step(act_fn(obs_fn(obs)))
+        ep = info["episode"]
+        new = ep["mask"].numpy() & ~done
+        returns[new] = ep["r"].numpy()[new]
+        lengths[new] = ep["l"].numpy()[new]
+        done |= new
+    return returns, lengths

@@ -1,0 +1,300 @@
+"""Shared on-policy training loop (PPO and TRPO subclass it; MB-MPO reuses its pieces).
+
+One iteration: collect ``num_envs x num_steps`` real steps with the current policy ->
+GAE advantages with time-limit bootstrapping -> algorithm-specific ``update`` -> logging,
+evaluation on separate episodes, checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mbmpo.buffers import Rollout
+from mbmpo.checkpoint import load_checkpoint, save_checkpoint
+from mbmpo.config import BaseConfig, config_from_dict, save_config
+from mbmpo.envs import GymVecEnv, VecNormalize, evaluate_episodes
+from mbmpo.errors import CheckpointError, ConfigError, TrainingError
+from mbmpo.logger import Logger
+from mbmpo.returns import gae
+from mbmpo.sampler import collect
+from policies import MLPValue, make_policy
+
+CONSOLE_KEYS = ["iteration", "real_steps", "train/episode_return", "eval_return_mean", "time/sps"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class OnPolicyAlgorithm:
+    """Base of the model-free on-policy baselines.
+
+    Args:
+        config: the algorithm's config dataclass (validated here).
+        out_dir: run directory for ``config.yaml``, ``progress.csv``, ``tb/`` and
+            ``checkpoints/``; ``None`` writes nothing.
+        console: print progress to the console.
+    """
+
+    algo_name: ClassVar[str] = ""
+    config_cls: ClassVar[type[BaseConfig]] = BaseConfig
+
+    def __init__(self, config: BaseConfig, out_dir: str | Path | None = None, console: bool = True):
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
+                              f"got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.console = console
+        c = config
+        venv = GymVecEnv(c.env_id, c.num_envs, seed=c.seed, env_kwargs=c.env_kwargs,
+                         vectorization=c.vectorization, device=self.device)
+        self.env = VecNormalize(venv, c.normalize_obs, c.normalize_reward, c.clip_obs,
+                                c.clip_reward, c.gamma)
+        self.observation_space = venv.single_observation_space
+        self.action_space = venv.single_action_space
+        obs_dim = self.observation_space.shape[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.policy = make_policy(self.observation_space, self.action_space, c.hidden_sizes,
+                                      c.activation, c.init_log_std, c.ortho_init).to(self.device)
+            self.value_fn = MLPValue(obs_dim, c.value_hidden_sizes, c.activation,
+                                     c.ortho_init).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(c.seed)
+        self.num_timesteps = 0
+        self.iteration = 0
+        self.wall_time = 0.0
+        self._obs: Tensor | None = None
+        self._ts: Tensor | None = None
+        self._eval_env: GymVecEnv | None = None
+        self._last_eval_step = 0
+        self._recent_returns: list[float] = []
+        self.logger: Logger | None = None
+        self._build_optimizers()
+
+    # ----- hooks for subclasses -------------------------------------------------------
+    def _build_optimizers(self) -> None:
+        raise NotImplementedError
+
+    def update(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        """Improve policy/value on one batch; returns scalars to log."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ----- acting ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _policy_fn(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        dist = self.policy(obs)
+        act = dist.sample(self.generator)
+        return act, {"log_prob": dist.log_prob(act), "value": self.value_fn(obs)}
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
+        """Actions for raw env observations ``[B, obs_dim]`` (or one ``[obs_dim]``).
+
+        Observations are normalized with the frozen training statistics; Box actions are
+        clipped to the action bounds.
+        """
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        single = x.dim() == 1
+        x = self.env.normalize_obs(x.unsqueeze(0) if single else x)
+        dist = self.policy(x)
+        act = dist.mode() if deterministic else dist.sample(self.generator)
+        a = act.cpu().numpy()
+        if hasattr(self.action_space, "low"):
+            a = np.clip(a, self.action_space.low, self.action_space.high)
+        return a[0] if single else a
+
+    # ----- the loop -------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.config.num_envs * self.config.num_steps
+
+    def num_iterations(self, total_steps: int) -> int:
+        return math.ceil(total_steps / self.batch_size)
+
+    def compute_advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            next_values = self.value_fn(rollout.next_obs)  # [T, N]
+        return gae(rollout.rewards, rollout.extras["value"], next_values, rollout.terminated,
+                   rollout.truncated, self.config.gamma, self.config.gae_lambda)
+
+    def learn(self, total_steps: int | None = None) -> OnPolicyAlgorithm:
+        """Train until ``total_steps`` real env steps (the config's budget when None).
+
+        Stops at the first iteration boundary at or after the budget. Calling again with a
+        larger budget (or after :meth:`load`) continues the same run.
+        """
+        total = int(total_steps if total_steps is not None else self.config.total_steps)
+        if total <= 0:
+            raise ConfigError(f"total_steps must be > 0, got {total}")
+        self.total_steps = total
+        if self.logger is None:
+            self.logger = Logger(self.out_dir, console=self.console, console_keys=CONSOLE_KEYS)
+            if self.out_dir is not None:
+                save_config(self.config, self.out_dir / "config.yaml", self.algo_name)
+                self.logger.truncate_after(self.num_timesteps)
+        bar = self.logger.progress(total, self.num_timesteps, desc=f"{self.algo_name} {self.config.env_id}")
+        try:
+            while self.num_timesteps < total:
+                self._iterate(bar)
+        finally:
+            bar.close()
+        return self
+
+    def _iterate(self, bar) -> None:
+        c = self.config
+        t0 = time.perf_counter()
+        rollout = collect(self.env, self._policy_fn, c.num_steps, self._obs, self._ts)
+        self._obs, self._ts = rollout.last_obs, rollout.last_timesteps
+        t1 = time.perf_counter()
+        adv, ret = self.compute_advantages(rollout)
+        stats = self.update(rollout, adv, ret)
+        t2 = time.perf_counter()
+        self._check_finite(stats)
+        self.iteration += 1
+        self.num_timesteps += self.batch_size
+        self.wall_time += t2 - t0
+        bar.update(self.batch_size)
+        self._recent_returns = (self._recent_returns + rollout.episode_returns)[-20:]
+        log = self.logger
+        log.record("iteration", self.iteration)
+        log.record("real_steps", self.num_timesteps)
+        log.record_dict(stats)
+        if self._recent_returns:
+            log.record("train/episode_return", float(np.mean(self._recent_returns)))
+        if rollout.episode_lengths:
+            log.record("train/episode_length", float(np.mean(rollout.episode_lengths)))
+        log.record("time/collect_s", t1 - t0)
+        log.record("time/update_s", t2 - t1)
+        log.record("time/sps", self.batch_size / (t2 - t0))
+        last = self.num_timesteps >= self.total_steps
+        due = c.eval_every > 0 and self.num_timesteps - self._last_eval_step >= c.eval_every
+        if last or due:
+            self._last_eval_step = self.num_timesteps
+            rets, lens = self.evaluate(c.eval_episodes)
+            log.record("eval_return_mean", float(rets.mean()))
+            log.record("eval_return_std", float(rets.std()))
+            log.record("eval_length_mean", float(lens.mean()))
+        log.record("wall_time_s", self.wall_time)
+        log.dump(self.num_timesteps)
+        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
+            self.save(self.out_dir / "checkpoints" / "last.pt")
+
+    def _check_finite(self, stats: dict[str, float]) -> None:
+        bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)
+               and not k.startswith("train/explained")}
+        params_ok = all(torch.isfinite(p).all() for p in self.policy.parameters())
+        if bad or not params_ok:
+            what = f"{next(iter(bad))}={next(iter(bad.values()))}" if bad else "policy parameters"
+            where = (f"; last good checkpoint kept at {self.out_dir / 'checkpoints' / 'last.pt'}"
+                     if self.out_dir is not None else "")
+            raise TrainingError(f"non-finite {what} at iteration {self.iteration + 1} "
+                                f"(real step {self.num_timesteps}){where}")
+
+    def evaluate(self, num_episodes: int = 10, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of ``num_episodes`` full episodes on separate env copies.
+
+        These steps are never counted as training steps; observation normalization uses
+        the frozen training statistics.
+        """
+        c = self.config
+        if self._eval_env is None or self._eval_env.num_envs != num_episodes:
+            if self._eval_env is not None:
+                self._eval_env.close()
+            self._eval_env = GymVecEnv(c.env_id, num_episodes, seed=c.seed + 1_000_003,
+                                       env_kwargs=c.env_kwargs, device=self.device)
+
+        def act(obs: Tensor) -> Tensor:
+            dist = self.policy(obs)
+            return dist.mode() if deterministic else dist.sample(self.generator)
+
+        seed = c.seed + 1_000_003 + 7919 * self.iteration
+        return evaluate_episodes(self._eval_env, act, self.env.normalize_obs, seed=seed)
+
+    # ----- persistence ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.algo_name,
+            "config": self.config.to_dict(),
+            "policy": self.policy.state_dict(),
+            "value_fn": self.value_fn.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "env_normalizer": self.env.state_dict(),
+            "generator": self.generator.get_state(),
+            "counters": {"num_timesteps": self.num_timesteps, "iteration": self.iteration,
+                         "wall_time": self.wall_time, "last_eval_step": self._last_eval_step},
+            "extra": self.extra_state(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Save everything needed to resume: weights, optimizers, normalizers, RNG, counters."""
+        save_checkpoint(path, self.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        try:
+            self.policy.load_state_dict(state["policy"])
+            self.value_fn.load_state_dict(state["value_fn"])
+            for k, opt in self.optimizers().items():
+                opt.load_state_dict(state["optimizers"][k])
+            self.env.load_state_dict(state["env_normalizer"])
+            self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu"
+                                     else state["generator"])
+            cnt = state["counters"]
+            self.load_extra_state(state.get("extra", {}))
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{source} does not match this {self.algo_name} setup: {first}") from None
+        self.num_timesteps = int(cnt["num_timesteps"])
+        self.iteration = int(cnt["iteration"])
+        self.wall_time = float(cnt["wall_time"])
+        self._last_eval_step = int(cnt["last_eval_step"])
+
+    @classmethod
+    def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,
+             **overrides: Any):
+        """Rebuild an algorithm from a checkpoint (file or run directory) to resume or act.
+
+        Args:
+            path: checkpoint file or run directory (uses ``checkpoints/last.pt``).
+            out_dir: where a resumed run keeps logging (usually the original run directory).
+            overrides: config fields to change (e.g. ``device``, ``total_steps``).
+        """
+        state = load_checkpoint(path)
+        if state.get("algo") != cls.algo_name:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, "
+                                  f"not {cls.algo_name!r}")
+        cfg_dict = {**state["config"], **overrides}
+        config = config_from_dict(cls.config_cls, cfg_dict, source=f"checkpoint {path}")
+        algo = cls(config, out_dir=out_dir, console=console)
+        algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+        return algo
+
+    def close(self) -> None:
+        self.env.close()
+        if self._eval_env is not None:
+            self._eval_env.close()
+        if self.logger is not None:
+            self.logger.close()

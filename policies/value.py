@@ -1,0 +1,64 @@
+"""State-value baselines: an MLP value function and the linear feature baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from policies.mlp import mlp
+
+
+class MLPValue(nn.Module):
+    """``V(obs [B, obs_dim]) -> [B]``."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        ortho_init: bool = True,
+    ):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, 1, activation, ortho_init, out_gain=1.0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class LinearFeatureBaseline(nn.Module):
+    """Ridge regression on ``[o, o^2, t, t^2, t^3, 1]`` (rllab's baseline, used by MB-MPO).
+
+    ``t`` is the time step within the episode scaled by 1/100. ``fit`` solves the regularized
+    normal equations, raising the ridge coefficient tenfold until the solution is finite.
+    """
+
+    def __init__(self, obs_dim: int, reg_coeff: float = 1e-5):
+        super().__init__()
+        self.reg_coeff = reg_coeff
+        self.register_buffer("coeffs", torch.zeros(2 * obs_dim + 4))
+
+    @staticmethod
+    def features(obs: Tensor, timesteps: Tensor) -> Tensor:
+        """``obs [B, obs_dim]``, ``timesteps [B]`` -> ``[B, 2 * obs_dim + 4]``."""
+        o = obs.clamp(-10, 10)
+        t = timesteps.to(obs.dtype).unsqueeze(-1) / 100.0
+        return torch.cat([o, o * o, t, t * t, t**3, torch.ones_like(t)], dim=-1)
+
+    @torch.no_grad()
+    def fit(self, obs: Tensor, timesteps: Tensor, returns: Tensor) -> None:
+        x = self.features(obs, timesteps).double()
+        y = returns.double()
+        a, b = x.T @ x, x.T @ y
+        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+        reg = self.reg_coeff
+        for _ in range(5):
+            sol = torch.linalg.lstsq(a + reg * eye, b.unsqueeze(-1)).solution.squeeze(-1)
+            if torch.isfinite(sol).all():
+                self.coeffs.copy_(sol.to(self.coeffs.dtype))
+                return
+            reg *= 10
+
+    def forward(self, obs: Tensor, timesteps: Tensor) -> Tensor:
+        return self.features(obs, timesteps) @ self.coeffs.to(obs.dtype)

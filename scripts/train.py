@@ -1,0 +1,113 @@
+"""Train an algorithm on a gymnasium env.
+
+    python scripts/train.py --algo ppo --env HalfCheetah-v5 --total-steps 200000 --seed 0 \
+        --out runs/ppo_hc [--preset scripts/configs/halfcheetah_ppo.yaml] [--learning-rate 1e-4 ...]
+    python scripts/train.py --resume runs/ppo_hc [--total-steps 400000]
+
+Any config field can be overridden after the fixed flags (``--help-config`` lists them).
+Writes ``config.yaml``, ``progress.csv``, ``tb/``, ``checkpoints/last.pt`` and
+``learning_curve.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tyro  # noqa: E402
+
+from mbmpo import ALGORITHMS  # noqa: E402
+from mbmpo.checkpoint import resolve_checkpoint_path  # noqa: E402
+from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
+from mbmpo.errors import ConfigError  # noqa: E402
+from mbmpo.plotting import plot_runs  # noqa: E402
+from scripts._common import run_main, set_threads  # noqa: E402
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", choices=sorted(ALGORITHMS), help="algorithm (default: from preset, else ppo)")
+    p.add_argument("--env", help="gymnasium env id (overrides the preset)")
+    p.add_argument("--total-steps", type=int, help="budget of real training steps")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--out", help="run directory (default: runs/<algo>_<env>_s<seed>)")
+    p.add_argument("--preset", help="YAML preset (scripts/configs/*.yaml)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--device", help="cpu, cuda[:N] or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    return p.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    set_threads(args.threads)
+    if args.resume:
+        return resume(args, rest)
+    preset = load_yaml(args.preset) if args.preset else {}
+    algo_name = args.algo or preset.pop("algo", None) or "ppo"
+    preset.pop("algo", None)
+    if algo_name not in ALGORITHMS:
+        raise ConfigError(f"unknown algo {algo_name!r}; allowed: {sorted(ALGORITHMS)}")
+    algo_cls, cfg_cls = ALGORITHMS[algo_name]
+    for key, val in (("env_id", args.env), ("total_steps", args.total_steps), ("seed", args.seed),
+                     ("device", args.device)):
+        if val is not None:
+            preset[key] = val
+    base = config_from_dict(cfg_cls, preset, source=args.preset or "command line")
+    if args.help_config:
+        tyro.cli(cfg_cls, default=base, args=["--help"], prog="train.py [fixed flags]")
+    unknown = [a for a in rest if a.startswith("--")]
+    try:
+        config = tyro.cli(cfg_cls, default=base, args=rest, prog="train.py")
+    except SystemExit as exc:
+        if exc.code:
+            raise ConfigError(f"bad config override(s) {' '.join(unknown) or rest}; "
+                              "see --help-config for the allowed fields") from None
+        raise
+    out = Path(args.out or f"runs/{algo_name}_{config.env_id}_s{config.seed}")
+    if (out / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"run directory {str(out)!r} already holds a run; use --resume {out} "
+                          "or another --out")
+    algo = algo_cls(config, out_dir=out)
+    try:
+        algo.learn(config.total_steps)
+    finally:
+        algo.close()
+    finish(out, f"{algo_name} {config.env_id} seed {config.seed}")
+    return 0
+
+
+def resume(args: argparse.Namespace, rest: list[str]) -> int:
+    run_dir = Path(args.resume)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there, not a run directory")
+    algo_name = load_yaml(cfg_path).get("algo", "ppo")
+    if algo_name not in ALGORITHMS:
+        raise ConfigError(f"run {str(run_dir)!r} has unknown algo {algo_name!r}")
+    if rest:
+        raise ConfigError(f"config overrides {rest} cannot be combined with --resume")
+    algo_cls, _ = ALGORITHMS[algo_name]
+    overrides = {"device": args.device} if args.device else {}
+    if args.total_steps is not None:
+        overrides["total_steps"] = args.total_steps
+    algo = algo_cls.load(resolve_checkpoint_path(run_dir), out_dir=run_dir, **overrides)
+    try:
+        algo.learn(algo.config.total_steps)
+    finally:
+        algo.close()
+    finish(run_dir, f"{algo_name} {algo.config.env_id} seed {algo.config.seed}")
+    return 0
+
+
+def finish(out: Path, title: str) -> None:
+    png = plot_runs([out], out / "learning_curve.png", title=title)
+    print(f"done: {out} (curve: {png})")
+
+
+if __name__ == "__main__":
+    run_main(main)

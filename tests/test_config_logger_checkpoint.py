@@ -1,0 +1,79 @@
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from mbmpo import PPOConfig, TRPOConfig
+from mbmpo.checkpoint import load_checkpoint, save_checkpoint
+from mbmpo.config import config_from_dict, load_config
+from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.logger import Logger
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+
+
+def test_unknown_key_and_bad_types_are_named():
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
+        config_from_dict(PPOConfig, {"lrr": 1})
+    with pytest.raises(ConfigError, match="'num_envs'.*'four'"):
+        config_from_dict(PPOConfig, {"num_envs": "four"})
+    cfg = config_from_dict(PPOConfig, {"hidden_sizes": [8, 8], "learning_rate": "1e-3"})
+    assert cfg.hidden_sizes == (8, 8) and cfg.learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("total_steps", 0, "total_steps must be > 0, got 0"),
+    ("num_steps", -5, "num_steps must be > 0"),
+    ("gamma", 1.5, "gamma must be in"),
+    ("objective", "magic", "objective 'magic' is not allowed"),
+    ("env_id", "NoSuchEnv-v0", "unknown env id 'NoSuchEnv-v0'"),
+    ("minibatch_size", 10**6, "minibatch_size 1000000 exceeds"),
+])
+def test_validation_errors(field, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        PPOConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_presets_load_and_validate(preset):
+    import yaml
+
+    algo = yaml.safe_load(preset.read_text())["algo"]
+    cls = {"ppo": PPOConfig, "trpo": TRPOConfig}.get(algo)
+    if cls is None:
+        pytest.skip(f"algo {algo} not built yet")
+    load_config(cls, preset).validate()
+
+
+def test_logger_grows_csv_columns_and_writes_tensorboard(tmp_path):
+    log = Logger(tmp_path, console=False)
+    log.record("real_steps", 10)
+    log.record("a", 1.5)
+    log.dump(10)
+    log.record("real_steps", 20)
+    log.record("eval_return_mean", 3.0)
+    log.dump(20)
+    log.close()
+    rows = list(csv.DictReader((tmp_path / "progress.csv").open()))
+    assert rows[0] == {"real_steps": "10", "a": "1.5", "eval_return_mean": ""}
+    assert rows[1]["eval_return_mean"] == "3.0" and rows[1]["a"] == ""
+    assert any((tmp_path / "tb").iterdir())
+    log2 = Logger(tmp_path, console=False, tensorboard=False)
+    log2.truncate_after(10)
+    assert len(list(csv.DictReader((tmp_path / "progress.csv").open()))) == 1
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.arange(3), "cfg": {"a": [1, 2]}})
+    data = load_checkpoint(path)
+    assert torch.equal(data["w"], torch.arange(3)) and data["cfg"] == {"a": [1, 2]}
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an mbmpo checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")

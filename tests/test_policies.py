@@ -1,0 +1,88 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical as TorchCat
+from torch.distributions import Independent, Normal, kl_divergence
+from torch.func import functional_call
+
+from policies import (
+    Categorical,
+    CategoricalMLPPolicy,
+    DiagGaussian,
+    GaussianMLPPolicy,
+    LinearFeatureBaseline,
+    MLPValue,
+    make_policy,
+)
+
+
+def test_gaussian_matches_torch_distributions():
+    torch.manual_seed(0)
+    m1, s1, m2, s2 = torch.randn(5, 3), torch.randn(5, 3) * 0.3, torch.randn(5, 3), torch.randn(5, 3) * 0.3
+    a = torch.randn(5, 3)
+    d1, d2 = DiagGaussian(m1, s1), DiagGaussian(m2, s2)
+    t1 = Independent(Normal(m1, s1.exp()), 1)
+    t2 = Independent(Normal(m2, s2.exp()), 1)
+    assert torch.allclose(d1.log_prob(a), t1.log_prob(a), atol=1e-5)
+    assert torch.allclose(d1.entropy(), t1.entropy(), atol=1e-5)
+    assert torch.allclose(d1.kl(d2), kl_divergence(t1, t2), atol=1e-5)
+
+
+def test_categorical_matches_torch_distributions():
+    torch.manual_seed(0)
+    l1, l2 = torch.randn(6, 4), torch.randn(6, 4)
+    a = torch.randint(0, 4, (6,))
+    c1, c2 = Categorical(l1), Categorical(l2)
+    assert torch.allclose(c1.log_prob(a), TorchCat(logits=l1).log_prob(a), atol=1e-6)
+    assert torch.allclose(c1.entropy(), TorchCat(logits=l1).entropy(), atol=1e-6)
+    assert torch.allclose(c1.kl(c2), kl_divergence(TorchCat(logits=l1), TorchCat(logits=l2)), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    samples = c1.sample(g)
+    assert samples.shape == (6,) and samples.dtype == torch.long
+    assert torch.equal(c1.mode(), l1.argmax(-1))
+
+
+def test_functional_call_with_own_params_equals_module_call_and_ratio_is_one():
+    torch.manual_seed(0)
+    pol = GaussianMLPPolicy(4, 2, (16, 16))
+    obs = torch.randn(8, 4)
+    params = dict(pol.named_parameters())
+    d_mod, d_fun = pol(obs), functional_call(pol, params, (obs,))
+    assert torch.equal(d_mod.mean, d_fun.mean) and torch.equal(d_mod.log_std, d_fun.log_std)
+    act = d_mod.sample(torch.Generator().manual_seed(1))
+    ratio = (d_fun.log_prob(act) - d_mod.log_prob(act).detach()).exp()
+    assert torch.allclose(ratio, torch.ones(8))
+    shifted = {k: v + 0.1 for k, v in params.items()}
+    assert not torch.allclose(functional_call(pol, shifted, (obs,)).mean, d_mod.mean)
+
+
+def test_shapes_and_factory():
+    box = gym.spaces.Box(-1, 1, (3,), np.float32)
+    pol = make_policy(box, gym.spaces.Box(-1, 1, (2,), np.float32), (8,))
+    assert isinstance(pol, GaussianMLPPolicy)
+    assert pol(torch.zeros(5, 3)).mean.shape == (5, 2)
+    cat = make_policy(box, gym.spaces.Discrete(4), (8,))
+    assert isinstance(cat, CategoricalMLPPolicy)
+    assert cat(torch.zeros(5, 3)).logits.shape == (5, 4)
+    assert MLPValue(3, (8,))(torch.zeros(5, 3)).shape == (5,)
+    with pytest.raises(ValueError, match="action space"):
+        make_policy(box, gym.spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="observation space"):
+        make_policy(gym.spaces.Dict({"a": box}), gym.spaces.Discrete(2))
+
+
+def test_init_log_std_and_ortho_output_scale():
+    pol = GaussianMLPPolicy(4, 2, (64, 64), init_log_std=-2.0)
+    assert torch.allclose(pol.log_std, torch.full((2,), -2.0))
+    assert pol(torch.randn(100, 4)).mean.abs().max() < 0.2  # output gain 0.01
+
+
+def test_linear_feature_baseline_fits_linear_function_of_features():
+    torch.manual_seed(0)
+    obs = torch.randn(500, 3)
+    t = torch.randint(0, 100, (500,))
+    target = 2.0 * obs[:, 0] - obs[:, 1] ** 2 + 0.5 * (t / 100.0) + 3.0
+    b = LinearFeatureBaseline(3)
+    b.fit(obs, t, target)
+    assert torch.allclose(b(obs, t), target, atol=1e-3)

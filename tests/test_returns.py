@@ -1,0 +1,53 @@
+import torch
+
+from mbmpo.returns import discount_cumsum, explained_variance, gae, normalize_advantages
+
+
+def test_discount_cumsum_matches_hand_computation():
+    x = torch.tensor([1.0, 2.0, 3.0])
+    out = discount_cumsum(x, 0.5)
+    assert torch.allclose(out, torch.tensor([1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0]))
+
+
+def test_discount_cumsum_stops_at_done():
+    x = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    dones = torch.tensor([False, True, False, False])
+    out = discount_cumsum(x, 0.9, dones)
+    assert torch.allclose(out, torch.tensor([1.9, 1.0, 1.9, 1.0]))
+
+
+def test_gae_hand_computation_with_truncation_and_termination():
+    # one env, 4 steps: step 1 truncated (bootstraps from V(final)=10), step 3 terminated.
+    g, lam = 0.9, 0.8
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    v = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    nv = torch.tensor([1.0, 10.0, 2.0, 99.0])  # V(s_{t+1}); at ends V(final obs)
+    term = torch.tensor([False, False, False, True])
+    trunc = torch.tensor([False, True, False, False])
+    adv, ret = gae(r, v, nv, term, trunc, g, lam)
+    d = [1 + g * 1.0 - 0.5, 2 + g * 10.0 - 1.0, 3 + g * 2.0 - 1.5, 4 - 2.0]
+    a3 = d[3]
+    a2 = d[2] + g * lam * a3
+    a1 = d[1]  # truncated: no carry from step 2
+    a0 = d[0] + g * lam * a1
+    expected = torch.tensor([a0, a1, a2, a3])
+    assert torch.allclose(adv, expected)
+    assert torch.allclose(ret, expected + v)
+
+
+def test_gae_lambda_one_equals_discounted_return_minus_value():
+    r = torch.rand(6, 3)
+    v = torch.rand(6, 3)
+    nv = torch.cat([v[1:], torch.zeros(1, 3)])
+    term = torch.zeros(6, 3, dtype=torch.bool)
+    term[-1] = True
+    adv, _ = gae(r, v, nv, term, torch.zeros_like(term), 0.97, 1.0)
+    assert torch.allclose(adv, discount_cumsum(r, 0.97) - v, atol=1e-6)
+
+
+def test_normalize_advantages_and_explained_variance():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    n = normalize_advantages(a)
+    assert abs(n.mean().item()) < 1e-6 and abs(n.std(unbiased=False).item() - 1) < 1e-4
+    assert explained_variance(a, a) == 1.0
+    assert abs(explained_variance(torch.zeros(4), a)) < 1e-6 or explained_variance(torch.zeros(4), a) < 0
