@@ -8,7 +8,7 @@ Protocol (DESIGN.md, principle 6)::
 All tensors are torch tensors on the env's device. ``info["final_obs"]`` is ``[N, obs_dim]``:
 the observation that followed the action (the final one where an episode ended, so
 time-limit truncations can bootstrap), equal to ``obs`` elsewhere. ``info["episode"]``
-holds ``{"mask": [N] bool, "r": [N], "l": [N]}``: undiscounted raw return and length of the
+holds numpy arrays ``{"mask": [N] bool, "r": [N], "l": [N]}``: undiscounted raw return and length of the
 episodes that ended at this step.
 """
 
@@ -160,26 +160,19 @@ class GymVecEnv:
         done = np.logical_or(term, trunc)
         self._ep_ret += rew
         self._ep_len += 1
-        final = obs
+        obs_t = self._t(obs)
+        final_t = obs_t
         if done.any():
             final = obs.copy()
             for i in np.flatnonzero(done):
                 final[i] = info["final_obs"][i]
-        episode = {
-            "mask": torch.as_tensor(done),
-            "r": torch.as_tensor(self._ep_ret.copy()),
-            "l": torch.as_tensor(self._ep_len.copy()),
-        }
+            final_t = self._t(final)
+        # numpy arrays: episode bookkeeping stays off the torch dispatcher
+        episode = {"mask": done, "r": self._ep_ret.copy(), "l": self._ep_len.copy()}
         self._ep_ret[done] = 0
         self._ep_len[done] = 0
-        out_info = {"final_obs": self._t(final), "episode": episode}
-        return (
-            self._t(obs),
-            self._t(rew),
-            self._t(term, torch.bool),
-            self._t(trunc, torch.bool),
-            out_info,
-        )
+        out_info = {"final_obs": final_t, "episode": episode}
+        return (obs_t, self._t(rew), self._t(term, torch.bool), self._t(trunc, torch.bool), out_info)
 
     def close(self) -> None:
         self.env.close()
@@ -238,8 +231,10 @@ class VecNormalize:
                 self.ret_rms.update(self._ret)
             rew = (rew / self.ret_rms.std.float()).clamp(-self.clip_reward, self.clip_reward)
             self._ret[term | trunc] = 0.0
-        info["final_obs"] = self.normalize_obs(info["final_obs"])
-        return self.normalize_obs(obs), rew, term, trunc, info
+        norm = self.normalize_obs(obs)
+        final = info["final_obs"]
+        info["final_obs"] = norm if final is obs else self.normalize_obs(final)
+        return norm, rew, term, trunc, info
 
     def state_dict(self) -> dict[str, Any]:
         return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict()}
@@ -278,8 +273,8 @@ def evaluate_episodes(
     while not done.all():
         obs, _, _, _, info = env.step(act_fn(obs_fn(obs)))
         ep = info["episode"]
-        new = ep["mask"].numpy() & ~done
-        returns[new] = ep["r"].numpy()[new]
-        lengths[new] = ep["l"].numpy()[new]
+        new = np.asarray(ep["mask"]) & ~done
+        returns[new] = np.asarray(ep["r"])[new]
+        lengths[new] = np.asarray(ep["l"])[new]
         done |= new
     return returns, lengths

@@ -31,29 +31,30 @@ class RunningMeanStd(nn.Module):
     def std(self) -> Tensor:
         return torch.sqrt(self.var + self.eps)
 
-    @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """Add a batch ``x`` of shape ``[B, *shape]``."""
+        # no autograd decorator: it costs more than the update on one env step; inputs are
+        # detached and the buffers never require grad.
         x = x.detach().to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
         if x.shape[0] == 0:
             return
         var, mean = torch.var_mean(x, dim=0, unbiased=False)
         self._merge(mean, var, float(x.shape[0]))
 
-    @torch.no_grad()
     def update_from_moments(self, mean: Tensor, var: Tensor, count: float | Tensor) -> None:
         """Merge in the statistics of another sample (mean, population var, count)."""
         if float(count) <= 0:
             return
-        self._merge(mean.to(self.mean), var.to(self.var), float(count))
+        self._merge(mean.detach().to(self.mean), var.detach().to(self.var), float(count))
 
     def _merge(self, mean: Tensor, var: Tensor, count: float) -> None:
         # Chan et al. parallel update; with self.count == 0 it reduces to (mean, var).
-        self.count.add_(count)
-        w = count / self.count  # weight of the new sample
+        total = self.count.item() + count
+        w = count / total  # weight of the new sample
         delta = mean - self.mean
-        self.var.mul_(1.0 - w).add_(var * w).add_(delta.square() * (w * (1.0 - w)))
-        self.mean.add_(delta * w)
+        self.var.mul_(1.0 - w).add_(var, alpha=w).add_(delta * delta, alpha=w * (1.0 - w))
+        self.mean.add_(delta, alpha=w)
+        self.count.fill_(total)
 
     def merge(self, other: RunningMeanStd) -> None:
         """Fold another instance's statistics into this one (in place)."""

@@ -104,8 +104,8 @@ class OnPolicyAlgorithm:
         pass
 
     # ----- acting ---------------------------------------------------------------------
-    @torch.no_grad()
     def _policy_fn(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        # called inside collect(), which already disables autograd
         dist = self.policy(obs)
         act = dist.sample(self.generator)
         return act, {"log_prob": dist.log_prob(act), "value": self.value_fn(obs)}
@@ -298,3 +298,4 @@ class OnPolicyAlgorithm:
             self._eval_env.close()
         if self.logger is not None:
             self.logger.close()
+

@@ -34,45 +34,38 @@ def collect(
         A :class:`Rollout` with ``T x N`` transitions; ``last_obs``/``last_timesteps`` let
         the next call continue the same episodes.
     """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if obs is None:
         obs = env.reset()
         timesteps = None
     n = obs.shape[0]
-    dev = obs.device
-    t_in_ep = torch.zeros(n, dtype=torch.long, device=dev) if timesteps is None else timesteps
-    obs_buf = torch.empty((num_steps, *obs.shape), dtype=obs.dtype, device=dev)
-    next_buf = torch.empty_like(obs_buf)
-    rew_buf = torch.empty((num_steps, n), device=dev)
-    term_buf = torch.empty((num_steps, n), dtype=torch.bool, device=dev)
-    trunc_buf = torch.empty_like(term_buf)
-    ts_buf = torch.empty((num_steps, n), dtype=torch.long, device=dev)
-    act_buf: Tensor | None = None
-    extras: dict[str, Tensor] = {}
+    t_in_ep = torch.zeros(n, dtype=torch.long, device=obs.device) if timesteps is None else timesteps
+    # Python lists + one stack at the end: cheaper per step than indexed writes.
+    obs_l, next_l, act_l, rew_l, term_l, trunc_l, ts_l = [], [], [], [], [], [], []
+    ext_l: dict[str, list[Tensor]] = {}
     ep_returns: list[float] = []
     ep_lengths: list[int] = []
-    for t in range(num_steps):
+    for _ in range(num_steps):
         act, ext = policy_fn(obs)
-        if act_buf is None:
-            act_buf = torch.empty((num_steps, *act.shape), dtype=act.dtype, device=dev)
-            extras = {k: torch.empty((num_steps, *v.shape), dtype=v.dtype, device=dev)
-                      for k, v in ext.items()}
-        obs_buf[t] = obs
-        act_buf[t] = act
-        ts_buf[t] = t_in_ep
+        obs_l.append(obs)
+        act_l.append(act)
+        ts_l.append(t_in_ep)
         for k, v in ext.items():
-            extras[k][t] = v
+            ext_l.setdefault(k, []).append(v)
         obs, rew, term, trunc, info = env.step(act)
-        rew_buf[t] = rew
-        term_buf[t] = term
-        trunc_buf[t] = trunc
-        next_buf[t] = info.get("final_obs", obs)
+        rew_l.append(rew)
+        term_l.append(term)
+        trunc_l.append(trunc)
+        next_l.append(info.get("final_obs", obs))
         done = term | trunc
-        t_in_ep = torch.where(done, torch.zeros_like(t_in_ep), t_in_ep + 1)
         ep = info.get("episode")
-        if ep is not None and bool(ep["mask"].any()):
+        if ep is not None and ep["mask"].any():
             mask = ep["mask"]
-            ep_returns += ep["r"][mask].tolist()
-            ep_lengths += ep["l"][mask].tolist()
-    assert act_buf is not None, "num_steps must be >= 1"
-    return Rollout(obs_buf, act_buf, rew_buf, term_buf, trunc_buf, next_buf, ts_buf, extras,
-                   ep_returns, ep_lengths, last_obs=obs, last_timesteps=t_in_ep)
+            ep_returns += [float(x) for x in ep["r"][mask]]
+            ep_lengths += [int(x) for x in ep["l"][mask]]
+        t_in_ep = torch.where(done, 0, t_in_ep + 1)
+    st = torch.stack
+    return Rollout(st(obs_l), st(act_l), st(rew_l), st(term_l), st(trunc_l), st(next_l), st(ts_l),
+                   {k: st(v) for k, v in ext_l.items()}, ep_returns, ep_lengths,
+                   last_obs=obs, last_timesteps=t_in_ep)

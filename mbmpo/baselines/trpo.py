@@ -67,7 +67,8 @@ class TRPO(OnPolicyAlgorithm):
 
     def _build_optimizers(self) -> None:
         self.vf_optimizer = torch.optim.Adam(self.value_fn.parameters(),
-                                             lr=self.config.vf_learning_rate, foreach=True)
+                                             lr=self.config.vf_learning_rate,
+                                             foreach=True)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vf_optimizer": self.vf_optimizer}

@@ -1,0 +1,181 @@
+"""Benchmarks 2-4: learning curves of the model-free baselines.
+
+Runs ``scripts/train.py`` jobs (one torch thread each, ``--jobs`` at a time), skipping runs
+that already finished and resuming interrupted ones, then writes per-suite tables and plots
+to ``benchmarks/results/<suite>/``:
+
+    python benchmarks/learning_curves.py --suite ppo_200k --jobs 2    # HalfCheetah/Hopper x default/tuned x 3 seeds
+    python benchmarks/learning_curves.py --suite ppo_1m --jobs 2      # one seed to 1M steps per preset
+    python benchmarks/learning_curves.py --suite trpo_200k
+    python benchmarks/learning_curves.py --suite minigrid             # steps until mean return > 0.9
+    python benchmarks/learning_curves.py --suite ppo_200k --report    # tables/plots only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mbmpo.plotting import eval_curve, read_progress  # noqa: E402
+
+CFG = ROOT / "scripts" / "configs"
+PRESETS = {
+    ("HalfCheetah-v5", "default"): CFG / "halfcheetah_ppo.yaml",
+    ("HalfCheetah-v5", "tuned"): CFG / "halfcheetah_ppo_tuned.yaml",
+    ("Hopper-v5", "default"): CFG / "hopper_ppo.yaml",
+    ("Hopper-v5", "tuned"): CFG / "hopper_ppo_tuned.yaml",
+}
+BUDGETS = [50_000, 100_000, 200_000, 1_000_000]
+
+
+def suite_jobs(suite: str) -> list[dict]:
+    jobs = []
+    if suite in ("ppo_200k", "ppo_1m"):
+        steps, seeds = (200_000, [0, 1, 2]) if suite == "ppo_200k" else (1_000_000, [0])
+        for (env, kind), preset in PRESETS.items():
+            for s in seeds:
+                jobs.append(dict(name=f"{env}_{kind}_s{s}", env=env, group=f"{env} {kind}",
+                                 preset=preset, seed=s, steps=steps, extra=[]))
+    elif suite == "trpo_200k":
+        jobs.append(dict(name="HalfCheetah-v5_trpo_s0", env="HalfCheetah-v5", group="HalfCheetah-v5 trpo",
+                         preset=CFG / "halfcheetah_trpo.yaml", seed=0, steps=200_000, extra=[]))
+    elif suite == "minigrid":
+        for env, steps in (("MiniGrid-Empty-5x5-v0", 50_000), ("MiniGrid-Empty-8x8-v0", 150_000)):
+            for s in (0, 1, 2):
+                jobs.append(dict(name=f"{env}_s{s}", env=env, group=env, preset=CFG / "minigrid_ppo.yaml",
+                                 seed=s, steps=steps, extra=["--eval-every", "1024", "--eval-episodes", "16"]))
+    else:
+        raise SystemExit(f"unknown suite {suite!r}")
+    return jobs
+
+
+def run_job(job: dict, runs_dir: Path) -> str:
+    out = runs_dir / job["name"]
+    ckpt = out / "checkpoints" / "last.pt"
+    log = runs_dir / f"{job['name']}.log"
+    py = sys.executable
+    if ckpt.exists():
+        rows = read_progress(out / "progress.csv").get("real_steps", [0])
+        if rows and rows[-1] >= job["steps"]:
+            return f"{job['name']}: done already"
+        cmd = [py, "scripts/train.py", "--resume", str(out), "--total-steps", str(job["steps"]), "--threads", "1"]
+    else:
+        cmd = [py, "scripts/train.py", "--preset", str(job["preset"]), "--env", job["env"], "--seed",
+               str(job["seed"]), "--total-steps", str(job["steps"]), "--out", str(out), "--threads", "1",
+               *job["extra"]]
+    t0 = time.time()
+    with log.open("a") as f:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    return f"{job['name']}: exit {rc} after {time.time() - t0:.0f}s"
+
+
+def value_at(steps: list[float], values: list[float], budget: float) -> float | None:
+    """Evaluation return at the first evaluation at or after ``budget`` (within 3%)."""
+    for s, v in zip(steps, values):
+        if s >= budget:
+            return v if s <= budget * 1.03 + 2048 else None
+    return None
+
+
+def steps_to(steps: list[float], values: list[float], threshold: float) -> float | None:
+    for s, v in zip(steps, values):
+        if v > threshold:
+            return s
+    return None
+
+
+def report(suite: str, runs_dir: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = suite_jobs(suite)
+    groups: dict[str, list[dict]] = {}
+    for job in jobs:
+        p = runs_dir / job["name"] / "progress.csv"
+        if not p.exists():
+            continue
+        cols = read_progress(p)
+        steps, mean, _ = eval_curve(cols)
+        wall = cols.get("wall_time_s", [float("nan")])[-1]
+        groups.setdefault(job["group"], []).append(
+            dict(seed=job["seed"], steps=steps, ret=mean, wall=wall, final_steps=cols["real_steps"][-1]))
+        (out / f"{job['name']}.csv").write_text(p.read_text())
+    summary = {}
+    lines = []
+    if suite == "minigrid":
+        lines.append("| env | seed | steps until mean eval return > 0.9 |")
+        lines.append("|---|---|---|")
+    else:
+        lines.append("| env / preset | seeds | " + " | ".join(f"{b // 1000}k" for b in BUDGETS) + " | train steps/s |")
+        lines.append("|---|---|" + "---|" * (len(BUDGETS) + 1))
+    for g, runs in groups.items():
+        entry = {}
+        if suite == "minigrid":
+            for r in runs:
+                st = steps_to(r["steps"], r["ret"], 0.9)
+                entry[f"seed{r['seed']}"] = st
+                lines.append(f"| {g} | {r['seed']} | {int(st) if st else 'not reached'} |")
+        else:
+            cells = []
+            for b in BUDGETS:
+                vals = [value_at(r["steps"], r["ret"], b) for r in runs]
+                vals = [v for v in vals if v is not None]
+                entry[str(b)] = {"per_seed": vals, "median": float(np.median(vals)) if vals else None}
+                cells.append(("median " if len(vals) > 1 else "") + f"{np.median(vals):.0f} ({' / '.join(f'{v:.0f}' for v in vals)})"
+                             if vals else "–")
+            sps = [r["final_steps"] / r["wall"] for r in runs if r["wall"] == r["wall"] and r["wall"] > 0]
+            entry["train_sps"] = float(np.median(sps)) if sps else None
+            lines.append(f"| {g} | {len(runs)} | " + " | ".join(cells) + f" | {entry['train_sps'] or 0:.0f} |")
+        summary[g] = entry
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    envs = sorted({g.split()[0] for g in groups})
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for g, runs in groups.items():
+            if g.split()[0] != env:
+                continue
+            for i, r in enumerate(runs):
+                ax.plot(r["steps"], r["ret"], alpha=0.8, label=f"{g} s{r['seed']}",
+                        color=f"C{list(groups).index(g)}", ls=["-", "--", ":"][i % 3])
+        ax.set_title(env)
+        ax.set_xlabel("real env steps")
+        ax.set_ylabel("eval return (deterministic)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{suite}.png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--report", action="store_true", help="only write tables/plots")
+    args = ap.parse_args()
+    runs_dir = Path(args.runs_dir) / args.suite
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for msg in pool.map(lambda j: run_job(j, runs_dir), suite_jobs(args.suite)):
+                print(msg, flush=True)
+    report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite)
+
+
+if __name__ == "__main__":
+    main()
