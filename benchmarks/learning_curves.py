@@ -53,7 +53,7 @@ def suite_jobs(suite: str) -> list[dict]:
         for env, steps in (("MiniGrid-Empty-5x5-v0", 50_000), ("MiniGrid-Empty-8x8-v0", 150_000)):
             for s in (0, 1, 2):
                 jobs.append(dict(name=f"{env}_s{s}", env=env, group=env, preset=CFG / "minigrid_ppo.yaml",
-                                 seed=s, steps=steps, extra=["--eval-every", "1024", "--eval-episodes", "16"]))
+                                 seed=s, steps=steps, extra=["--eval-every", "2048"]))
     else:
         raise SystemExit(f"unknown suite {suite!r}")
     return jobs

@@ -65,7 +65,10 @@ class BaseConfig:
     eval_every: int = 10_000
     """Evaluate every this many real steps (0 disables; the final iteration always evaluates)."""
     eval_episodes: int = 10
-    """Deterministic evaluation episodes per evaluation (never counted as training steps)."""
+    """Evaluation episodes per evaluation (never counted as training steps)."""
+    eval_deterministic: bool = True
+    """Evaluate the distribution's mode (True) or sampled actions (False; e.g. MiniGrid,
+    where the argmax policy can loop forever)."""
     checkpoint_every: int = 10
     """Save a checkpoint every this many iterations (and at the end)."""
 

@@ -194,7 +194,7 @@ class OnPolicyAlgorithm:
         due = c.eval_every > 0 and self.num_timesteps - self._last_eval_step >= c.eval_every
         if last or due:
             self._last_eval_step = self.num_timesteps
-            rets, lens = self.evaluate(c.eval_episodes)
+            rets, lens = self.evaluate(c.eval_episodes, c.eval_deterministic)
             log.record("eval_return_mean", float(rets.mean()))
             log.record("eval_return_std", float(rets.std()))
             log.record("eval_length_mean", float(lens.mean()))
@@ -214,7 +214,8 @@ class OnPolicyAlgorithm:
             raise TrainingError(f"non-finite {what} at iteration {self.iteration + 1} "
                                 f"(real step {self.num_timesteps}){where}")
 
-    def evaluate(self, num_episodes: int = 10, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, num_episodes: int = 10, deterministic: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of ``num_episodes`` full episodes on separate env copies.
 
         These steps are never counted as training steps; observation normalization uses
