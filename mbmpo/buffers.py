@@ -60,3 +60,60 @@ class Rollout:
         return Rollout(**move, extras={k: v.to(device) for k, v in self.extras.items()},
                        episode_returns=self.episode_returns, episode_lengths=self.episode_lengths,
                        last_obs=self.last_obs, last_timesteps=self.last_timesteps)
+
+
+class TransitionDataset:
+    """FIFO store of real transitions ``(obs, act, next_obs, reward, terminated)``.
+
+    Holds at most ``capacity`` rows (oldest dropped first). ``state_dict`` /
+    ``load_state_dict`` put the data in checkpoints so a resumed run loses none of it.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int = 100_000,
+                 dtype: torch.dtype = torch.float64):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.obs = torch.zeros(capacity, obs_dim, dtype=dtype)
+        self.act = torch.zeros(capacity, act_dim, dtype=torch.float32)
+        self.next_obs = torch.zeros(capacity, obs_dim, dtype=dtype)
+        self.reward = torch.zeros(capacity, dtype=dtype)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool)
+        self.ptr = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor) -> None:
+        """Append ``[B, ...]`` transitions (any leading dims are flattened)."""
+        cols = [obs.reshape(-1, self.obs.shape[1]), act.reshape(-1, self.act.shape[1]),
+                next_obs.reshape(-1, self.obs.shape[1]), reward.reshape(-1), terminated.reshape(-1)]
+        b = cols[0].shape[0]
+        if b > self.capacity:
+            cols = [c[-self.capacity :] for c in cols]
+            b = self.capacity
+        idx = (self.ptr + torch.arange(b)) % self.capacity
+        for store, c in zip((self.obs, self.act, self.next_obs, self.reward, self.terminated), cols):
+            store[idx] = c.to(store.dtype)
+        self.ptr = (self.ptr + b) % self.capacity
+        self.size = min(self.capacity, self.size + b)
+
+    def add_rollout(self, rollout: Rollout) -> None:
+        self.add(rollout.obs, rollout.actions, rollout.next_obs, rollout.rewards, rollout.terminated)
+
+    def arrays(self) -> dict[str, Tensor]:
+        """The stored rows, oldest first."""
+        idx = (self.ptr - self.size + torch.arange(self.size)) % self.capacity
+        return {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
+                "reward": self.reward[idx], "terminated": self.terminated[idx]}
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        return {**self.arrays(), "capacity": self.capacity}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["capacity"]) != self.capacity or state["obs"].shape[1] != self.obs.shape[1]:
+            raise ValueError(f"dataset shape mismatch: capacity {state['capacity']} obs_dim "
+                             f"{state['obs'].shape[1]} vs {self.capacity}, {self.obs.shape[1]}")
+        self.ptr = self.size = 0
+        self.add(state["obs"], state["act"], state["next_obs"], state["reward"], state["terminated"])

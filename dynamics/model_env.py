@@ -1,0 +1,119 @@
+"""Imagined MDPs: batched rollouts in the learned models, behind the real envs' protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynamics.ensemble import DynamicsEnsemble, group_rows
+from dynamics.reward_fns import RewardFn
+from mbmpo.errors import TrainingError
+
+InitFn = Callable[[int, torch.Generator], Tensor]
+"""``(num_rows, generator) -> initial full observations [num_rows, obs_dim]``."""
+
+
+class ImaginedEnv:
+    """``N`` imagined environments; row ``i`` always steps with model ``model_idx[i]``.
+
+    Follows the batched protocol of :mod:`mbmpo.envs` (SAME_STEP autoreset,
+    ``info["final_obs"]``, ``info["episode"]``), so :func:`mbmpo.sampler.collect` runs on it
+    unchanged. Rewards and terminations come from ``reward_fn`` (or the ensemble's reward
+    head when ``reward_fn`` is None); episodes are truncated at ``horizon``.
+
+    Args:
+        ensemble: the dynamics models.
+        model_idx: ``[N]`` long tensor, the model of each row.
+        init_fn: draws initial full observations (real env resets or dataset states).
+        horizon: imagined episode length.
+        reward_fn: exact reward/termination; None uses the learned reward head (no termination).
+        action_low, action_high: actions are clipped to these bounds before the model step.
+        clip_obs: predicted observations are clipped to ``[-clip_obs, clip_obs]``.
+        generator: random source of ``init_fn``.
+    """
+
+    def __init__(
+        self,
+        ensemble: DynamicsEnsemble,
+        model_idx: Tensor,
+        init_fn: InitFn,
+        horizon: int,
+        reward_fn: RewardFn | None = None,
+        action_low: np.ndarray | Tensor | None = None,
+        action_high: np.ndarray | Tensor | None = None,
+        clip_obs: float = 1000.0,
+        generator: torch.Generator | None = None,
+    ):
+        if reward_fn is None and not ensemble.reward_head:
+            raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.ensemble = ensemble
+        self.model_idx = model_idx.long()
+        self.groups = group_rows(self.model_idx)
+        self.num_envs = int(model_idx.shape[0])
+        self.init_fn = init_fn
+        self.horizon = horizon
+        self.reward_fn = reward_fn
+        self.clip_obs = clip_obs
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.low = None if action_low is None else torch.as_tensor(action_low, dtype=torch.float32)
+        self.high = None if action_high is None else torch.as_tensor(action_high, dtype=torch.float32)
+        self._obs: Tensor | None = None
+        self._t = torch.zeros(self.num_envs, dtype=torch.long)
+        self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self._obs = self.init_fn(self.num_envs, self.generator)
+        self._t.zero_()
+        self._ret.zero_()
+        return self._obs
+
+    @torch.no_grad()
+    def step(self, act: Tensor):
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        obs = self._obs
+        if self.low is not None:
+            act = torch.max(torch.min(act, self.high.to(act)), self.low.to(act))
+        next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups)
+        bad = ~torch.isfinite(next_obs).all(-1)
+        if bad.any():
+            rows = torch.nonzero(bad).squeeze(-1)
+            models = sorted(set(self.model_idx[rows].tolist()))
+            raise TrainingError(f"dynamics model(s) {models} predicted NaN/inf "
+                                f"(rows {rows[:5].tolist()}, step {int(self._t.max())})")
+        next_obs = next_obs.clamp(-self.clip_obs, self.clip_obs)
+        if self.reward_fn is not None:
+            rew = self.reward_fn.reward(obs, act, next_obs)
+            term = self.reward_fn.termination(next_obs)
+        else:
+            rew = learned_rew
+            term = torch.zeros(self.num_envs, dtype=torch.bool)
+        self._t += 1
+        self._ret += rew.double()
+        trunc = (self._t >= self.horizon) & ~term
+        done = term | trunc
+        episode = {"mask": done, "r": self._ret.clone(), "l": self._t.clone()}
+        new_obs = next_obs
+        if done.any():
+            rows = torch.nonzero(done).squeeze(-1)
+            new_obs = next_obs.clone()
+            new_obs[rows] = self.init_fn(len(rows), self.generator).to(next_obs)
+            self._t[rows] = 0
+            self._ret[rows] = 0.0
+        self._obs = new_obs
+        return new_obs, rew.float(), term, trunc, {"final_obs": next_obs, "episode": episode}
+
+    def close(self) -> None:
+        pass
+
+
+def tasks_model_idx(num_models: int, tasks_per_model: int, rows_per_task: int) -> Tensor:
+    """``[K * tasks_per_model * rows_per_task]`` model indices, contiguous per model."""
+    return torch.arange(num_models).repeat_interleave(tasks_per_model * rows_per_task)

@@ -1,0 +1,145 @@
+"""Fitting the dynamics ensemble: per-model splits, minibatch Adam, per-model early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from dynamics.ensemble import DynamicsEnsemble
+from mbmpo.errors import TrainingError
+
+
+@dataclass
+class FitConfig:
+    """Model-fitting settings (defaults: the original MB-MPO scripts)."""
+
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 500
+    """Minibatch size."""
+    max_epochs: int = 500
+    """Upper bound on epochs per fit."""
+    val_fraction: float = 0.2
+    """Fraction of the data each model holds out (its own random split)."""
+    bootstrap: bool = False
+    """Resample each model's training split with replacement."""
+    early_stop_ema: float = 0.99
+    """Persistence of the smoothed validation loss; a model stops the first epoch it rises."""
+
+
+@dataclass
+class FitResult:
+    """Per-model outcome of one fit (lists indexed by model)."""
+
+    epochs: list[int]
+    best_val_loss: list[float]
+    train_loss: list[float]
+    fit_time_s: float
+    val_history: list[list[float]] = field(default_factory=list)  # [epoch][model], NaN once stopped
+    val_idx: list[Tensor] = field(default_factory=list)  # each model's validation rows
+
+    def log_dict(self, prefix: str = "model/") -> dict[str, float]:
+        d: dict[str, float] = {f"{prefix}fit_time_s": self.fit_time_s}
+        for k, (e, v, t) in enumerate(zip(self.epochs, self.best_val_loss, self.train_loss)):
+            d[f"{prefix}epochs_{k}"] = e
+            d[f"{prefix}val_loss_{k}"] = v
+            d[f"{prefix}train_loss_{k}"] = t
+        d[f"{prefix}val_loss_mean"] = sum(self.best_val_loss) / len(self.best_val_loss)
+        return d
+
+
+def fit_ensemble(
+    ensemble: DynamicsEnsemble,
+    obs: Tensor,
+    act: Tensor,
+    next_obs: Tensor,
+    reward: Tensor | None = None,
+    config: FitConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> FitResult:
+    """Fit every model of ``ensemble`` on the same transitions ``[B, ...]``.
+
+    Each model draws its own train/validation split (and bootstrap sample), its own
+    minibatch order, and stops on its own epoch when its smoothed validation loss rises;
+    the weights of its best validation epoch are restored. Weights are warm-started from
+    the previous fit; normalization statistics are recomputed on the whole data set.
+
+    Raises:
+        TrainingError: the data or a loss contains NaN/inf.
+    """
+    cfg = config or FitConfig()
+    gen = generator or torch.Generator().manual_seed(0)
+    for name, t in (("obs", obs), ("act", act), ("next_obs", next_obs), ("reward", reward)):
+        if t is not None and not torch.isfinite(t).all():
+            raise TrainingError(f"non-finite values in the dynamics training data ({name})")
+    t0 = time.perf_counter()
+    ensemble.set_normalization(obs, act, next_obs, reward)
+    x = ensemble.in_rms.normalize(ensemble.inputs(obs, act).float())
+    y = ensemble.out_rms.normalize(ensemble.targets(obs, next_obs, reward).float())
+    n = x.shape[0]
+    num_val = max(1, int(round(cfg.val_fraction * n))) if n > 1 else 0
+    num_models = ensemble.num_models
+    train_idx, val_idx = [], []
+    for _ in range(num_models):
+        perm = torch.randperm(n, generator=gen)
+        val, train = perm[:num_val], perm[num_val:]
+        if cfg.bootstrap:
+            train = train[torch.randint(len(train), (len(train),), generator=gen)]
+        train_idx.append(train)
+        val_idx.append(val)
+    opts = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate, foreach=True) for m in ensemble.models]
+    active = [True] * num_models
+    epochs = [0] * num_models
+    best = [math.inf] * num_models
+    best_state = [copy.deepcopy(m.state_dict()) for m in ensemble.models]
+    ema = [math.nan] * num_models
+    ema_prev = [math.nan] * num_models
+    last_train = [math.nan] * num_models
+    history: list[list[float]] = []
+    for _epoch in range(cfg.max_epochs):
+        if not any(active):
+            break
+        order = [train_idx[k][torch.randperm(len(train_idx[k]), generator=gen)] for k in range(num_models)]
+        num_batches = math.ceil(max(len(o) for o in order) / cfg.batch_size)
+        sums = [0.0] * num_models
+        for b in range(num_batches):
+            for k in range(num_models):
+                idx = order[k][b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if not active[k] or len(idx) == 0:
+                    continue
+                loss = (ensemble.forward_model(k, x[idx]) - y[idx]).pow(2).mean()
+                opts[k].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[k].step()
+                sums[k] += loss.item() * len(idx)
+        row = [math.nan] * num_models
+        with torch.no_grad():
+            for k in range(num_models):
+                if not active[k]:
+                    continue
+                epochs[k] += 1
+                last_train[k] = sums[k] / max(1, len(order[k]))
+                vi = val_idx[k] if num_val else train_idx[k]
+                v = (ensemble.forward_model(k, x[vi]) - y[vi]).pow(2).mean().item()
+                if not math.isfinite(v):
+                    raise TrainingError(f"dynamics model {k} produced a non-finite validation loss")
+                row[k] = v
+                if v < best[k]:
+                    best[k] = v
+                    best_state[k] = copy.deepcopy(ensemble.models[k].state_dict())
+                if math.isnan(ema[k]):
+                    ema[k], ema_prev[k] = v, 2.0 * v
+                else:
+                    ema_prev[k] = ema[k]
+                    ema[k] = cfg.early_stop_ema * ema[k] + (1 - cfg.early_stop_ema) * v
+                if ema[k] > ema_prev[k]:
+                    active[k] = False
+        history.append(row)
+    for k, m in enumerate(ensemble.models):
+        m.load_state_dict(best_state[k])
+    return FitResult(epochs, best, last_train, time.perf_counter() - t0, history, val_idx)

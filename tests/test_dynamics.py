@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+
+from dynamics.ensemble import DynamicsEnsemble
+from dynamics.model_env import ImaginedEnv, tasks_model_idx
+from dynamics.reward_fns import RewardFn, get_reward_fn
+from dynamics.trainer import FitConfig, fit_ensemble
+from mbmpo.buffers import TransitionDataset
+from mbmpo.errors import TrainingError
+from mbmpo.sampler import collect
+
+
+def linear_data(n=3000, seed=0):
+    g = torch.Generator().manual_seed(123)  # the system is fixed; seed draws the samples
+    a_mat = torch.randn(4, 4, generator=g) * 0.1
+    b_mat = torch.randn(2, 4, generator=g) * 0.5
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, 4, generator=g) * 2 + 1
+    act = torch.rand(n, 2, generator=g) * 2 - 1
+    return obs, act, obs + obs @ a_mat + act @ b_mat
+
+
+def test_shapes():
+    ens = DynamicsEnsemble(5, 2, num_models=3, hidden_sizes=(16,), num_position_dims=1)
+    assert ens.in_dim == 6 and ens.out_dim == 5
+    assert ens(torch.zeros(3, 7, 6)).shape == (3, 7, 5)
+    obs, act = torch.randn(10, 5), torch.randn(10, 2)
+    nxt, rew = ens.predict(obs, act, torch.arange(10) % 3)
+    assert nxt.shape == (10, 5) and rew is None
+    assert DynamicsEnsemble(5, 2, 2, (8,), reward_head=True).predict(obs, act, torch.zeros(10, dtype=torch.long))[1].shape == (10,)
+
+
+def test_fits_known_linear_system():
+    torch.manual_seed(0)
+    obs, act, nxt = linear_data()
+    ens = DynamicsEnsemble(4, 2, num_models=2, hidden_sizes=(64, 64))
+    res = fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=100, max_epochs=60, early_stop_ema=0.9),
+                       generator=torch.Generator().manual_seed(0))
+    assert max(res.best_val_loss) < 0.01, res.best_val_loss  # normalized MSE (1.0 = predict the mean)
+    t_obs, t_act, t_nxt = linear_data(500, seed=1)
+    for k in range(2):
+        pred, _ = ens.predict(t_obs, t_act, torch.full((500,), k))
+        rel = (pred - t_nxt).pow(2).mean() / (t_nxt - t_obs).var()
+        assert rel < 0.02
+
+
+def test_per_model_early_stopping_and_best_weights_restored():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    obs, act = torch.randn(80, 3, generator=g), torch.randn(80, 1, generator=g)
+    nxt = obs + torch.randn(80, 3, generator=g)  # pure noise: the models overfit quickly
+    ens = DynamicsEnsemble(3, 1, num_models=4, hidden_sizes=(128, 128))
+    res = fit_ensemble(ens, obs, act, nxt, config=FitConfig(learning_rate=3e-3, batch_size=16, max_epochs=200,
+                                                           early_stop_ema=0.5), generator=g)
+    assert len(set(res.epochs)) > 1, res.epochs  # each model stopped on its own epoch
+    assert max(res.epochs) < 200
+    x = ens.in_rms.normalize(ens.inputs(obs, act).float())
+    y = ens.out_rms.normalize(ens.targets(obs, nxt).float())
+    for k in range(4):
+        hist = [row[k] for row in res.val_history if not math.isnan(row[k])]
+        assert len(hist) == res.epochs[k]
+        assert res.best_val_loss[k] == pytest.approx(min(hist))
+        vi = res.val_idx[k]
+        with torch.no_grad():
+            now = (ens.forward_model(k, x[vi]) - y[vi]).pow(2).mean().item()
+        assert now == pytest.approx(res.best_val_loss[k], rel=1e-5)  # best weights restored
+
+
+def test_normalization_roundtrip_and_nan_data():
+    obs, act, nxt = linear_data(200)
+    ens = DynamicsEnsemble(4, 2, 1, (8,))
+    ens.set_normalization(obs, act, nxt)
+    x = ens.inputs(obs, act)
+    assert torch.allclose(ens.in_rms.denormalize(ens.in_rms.normalize(x)), x, atol=1e-5)
+    y = ens.out_rms.normalize(ens.targets(obs, nxt))
+    assert abs(y.mean().item()) < 1e-5 and abs(y.std(unbiased=False).item() - 1) < 1e-3
+    bad = nxt.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(TrainingError, match="non-finite values in the dynamics training data"):
+        fit_ensemble(ens, obs, act, bad)
+
+
+def constant_shift_ensemble(shifts, obs_dim=2):
+    """Model k predicts next = obs + shifts[k] (zero hidden weights, bias = shift)."""
+    ens = DynamicsEnsemble(obs_dim, 1, num_models=len(shifts), hidden_sizes=(4,))
+    with torch.no_grad():
+        for k, s in enumerate(shifts):
+            last = ens.models[k][-1]
+            last.weight.zero_()
+            last.bias.fill_(s)
+    return ens
+
+
+def test_imagined_env_uses_the_right_model_per_row_and_horizon():
+    ens = constant_shift_ensemble([0.0, 1.0, 2.0])
+    idx = tasks_model_idx(3, tasks_per_model=1, rows_per_task=2)  # [0,0,1,1,2,2]
+    fn = RewardFn("test", dt=1.0, num_position_dims=1, ctrl_cost_weight=0.0)
+    env = ImaginedEnv(ens, idx, lambda n, g: torch.zeros(n, 2, dtype=torch.float64), horizon=4, reward_fn=fn)
+    roll = collect(env, lambda o: (torch.zeros(o.shape[0], 1), {}), 6)
+    # reward = forward velocity = shift of the row's model
+    assert torch.allclose(roll.rewards[0], torch.tensor([0.0, 0, 1, 1, 2, 2]))
+    assert torch.allclose(roll.next_obs[2, :, 0].float(), torch.tensor([0.0, 0, 3, 3, 6, 6]))
+    assert roll.truncated[3].all() and not roll.truncated[:3].any() and not roll.terminated.any()
+    assert torch.allclose(roll.obs[4].float(), torch.zeros(6, 2))  # reset after the horizon
+    assert roll.episode_lengths == [4] * 6
+    assert roll.episode_returns[4] == pytest.approx(8.0)
+
+
+def test_imagined_env_termination_and_nan_error():
+    hopper = get_reward_fn("Hopper-v5")
+    ens = constant_shift_ensemble([0.0, -0.3], obs_dim=12)
+    start = torch.zeros(12, dtype=torch.float64)
+    start[1] = 1.0  # healthy height
+    env = ImaginedEnv(ens, torch.tensor([0, 1]), lambda n, g: start.repeat(n, 1), horizon=100,
+                      reward_fn=hopper, action_low=-torch.ones(1), action_high=torch.ones(1))
+    env.reset()
+    terms = []
+    for _ in range(3):
+        _, _, term, _, _ = env.step(torch.zeros(2, 1))
+        terms.append(term.tolist())
+    # model 1 shifts every entry by -0.3: height 0.7 after one step is unhealthy (> 0.7 needed)
+    assert terms[0] == [False, True]
+    with torch.no_grad():
+        ens.models[1][-1].bias.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"dynamics model\(s\) \[1\] predicted NaN"):
+        env.step(torch.zeros(2, 1))
+
+
+def test_transition_dataset_fifo_and_roundtrip():
+    ds = TransitionDataset(2, 1, capacity=5)
+    for i in range(3):
+        ds.add(torch.full((2, 2), float(i)), torch.zeros(2, 1), torch.ones(2, 2), torch.full((2,), float(i)),
+               torch.zeros(2, dtype=torch.bool))
+    assert len(ds) == 5
+    assert ds.arrays()["reward"].tolist() == [0.0, 1.0, 1.0, 2.0, 2.0]
+    other = TransitionDataset(2, 1, capacity=5)
+    other.load_state_dict(ds.state_dict())
+    assert torch.equal(other.arrays()["obs"], ds.arrays()["obs"])
+    with pytest.raises(ValueError, match="mismatch"):
+        TransitionDataset(3, 1, capacity=5).load_state_dict(ds.state_dict())
