@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -40,12 +41,21 @@ BUDGETS = [50_000, 100_000, 200_000, 1_000_000]
 
 def suite_jobs(suite: str) -> list[dict]:
     jobs = []
-    if suite in ("ppo_200k", "ppo_1m"):
-        steps, seeds = (200_000, [0, 1, 2]) if suite == "ppo_200k" else (1_000_000, [0])
+    if suite == "ppo_200k":
         for (env, kind), preset in PRESETS.items():
-            for s in seeds:
+            for s in (0, 1, 2):
                 jobs.append(dict(name=f"{env}_{kind}_s{s}", env=env, group=f"{env} {kind}",
-                                 preset=preset, seed=s, steps=steps, extra=[]))
+                                 preset=preset, seed=s, steps=200_000, extra=[]))
+    elif suite in ("ppo_1m", "ppo_1m_default"):
+        # tuned presets do not anneal the learning rate, so seed 0 of the 200k suite is
+        # continued to 1M (copied, then resumed); default presets anneal over their budget
+        # and start from scratch.
+        kind = "tuned" if suite == "ppo_1m" else "default"
+        for (env, k), preset in PRESETS.items():
+            if k == kind:
+                jobs.append(dict(name=f"{env}_{kind}_s0", env=env, group=f"{env} {kind}", preset=preset,
+                                 seed=0, steps=1_000_000, extra=[],
+                                 from_run=f"ppo_200k/{env}_{kind}_s0" if kind == "tuned" else None))
     elif suite == "trpo_200k":
         jobs.append(dict(name="HalfCheetah-v5_trpo_s0", env="HalfCheetah-v5", group="HalfCheetah-v5 trpo",
                          preset=CFG / "halfcheetah_trpo.yaml", seed=0, steps=200_000, extra=[]))
@@ -64,6 +74,9 @@ def run_job(job: dict, runs_dir: Path) -> str:
     ckpt = out / "checkpoints" / "last.pt"
     log = runs_dir / f"{job['name']}.log"
     py = sys.executable
+    src = runs_dir.parent / job["from_run"] if job.get("from_run") else None
+    if src is not None and not out.exists() and (src / "checkpoints" / "last.pt").exists():
+        shutil.copytree(src, out)
     if ckpt.exists():
         rows = read_progress(out / "progress.csv").get("real_steps", [0])
         if rows and rows[-1] >= job["steps"]:

@@ -3,11 +3,14 @@
 from mbmpo.baselines import PPO, TRPO, PPOConfig, TRPOConfig
 from mbmpo.config import BaseConfig
 from mbmpo.errors import CheckpointError, ConfigError, MBMPOError, TrainingError
+from mbmpo.mbmpo import MBMPO, MBMPOConfig
 
-ALGORITHMS = {"ppo": (PPO, PPOConfig), "trpo": (TRPO, TRPOConfig)}
+ALGORITHMS = {"mbmpo": (MBMPO, MBMPOConfig), "ppo": (PPO, PPOConfig), "trpo": (TRPO, TRPOConfig)}
 
 __all__ = [
     "ALGORITHMS",
+    "MBMPO",
+    "MBMPOConfig",
     "PPO",
     "TRPO",
     "BaseConfig",

@@ -110,6 +110,8 @@ class GymVecEnv:
         env_kwargs: passed to ``gymnasium.make``.
         vectorization: ``"sync"`` (default; cheapest on few cores) or ``"async"``.
         device: torch device of the returned tensors.
+        dtype: dtype of returned observations (float64 keeps positions exact for
+            reward functions computed from observations).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class GymVecEnv:
         env_kwargs: dict[str, Any] | None = None,
         vectorization: str = "sync",
         device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         if vectorization not in ("sync", "async"):
             raise ConfigError(f"vectorization {vectorization!r} is not allowed; use 'sync' or 'async'")
@@ -130,6 +133,7 @@ class GymVecEnv:
         self.num_envs = num_envs
         self.seed = seed
         self.device = torch.device(device)
+        self.dtype = dtype
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         check_spaces(self.single_observation_space, self.single_action_space)
@@ -141,8 +145,8 @@ class GymVecEnv:
         self._ep_len = np.zeros(num_envs, dtype=np.int64)
         self._seeded = False
 
-    def _t(self, x: np.ndarray, dtype=torch.float32) -> Tensor:
-        return torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
+    def _t(self, x: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=dtype or self.dtype, device=self.device)
 
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is None and not self._seeded:
@@ -172,7 +176,8 @@ class GymVecEnv:
         self._ep_ret[done] = 0
         self._ep_len[done] = 0
         out_info = {"final_obs": final_t, "episode": episode}
-        return (obs_t, self._t(rew), self._t(term, torch.bool), self._t(trunc, torch.bool), out_info)
+        return (obs_t, self._t(rew, torch.float32), self._t(term, torch.bool),
+                self._t(trunc, torch.bool), out_info)
 
     def close(self) -> None:
         self.env.close()

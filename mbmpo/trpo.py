@@ -111,8 +111,8 @@ def line_search(
         frac = backtrack_coeff**i
         set_flat_params_(params, old + frac * full_step)
         with ctx():
-            surr_val = float(surrogate_fn())
-            kl_val = float(kl_fn())
+            surr_val = float(surrogate_fn().detach())
+            kl_val = float(kl_fn().detach())
         finite = torch.isfinite(torch.tensor([surr_val, kl_val])).all()
         if finite and kl_val <= max_kl and surr_val > surrogate_before:
             return TRPOStepInfo(True, frac, surrogate_before, surr_val,
@@ -131,16 +131,19 @@ def trpo_step(
     backtrack_coeff: float = 0.8,
     max_backtracks: int = 10,
     line_search_no_grad: bool = True,
+    fvp_kl_fn: Callable[[], Tensor] | None = None,
 ) -> TRPOStepInfo:
     """One natural-gradient step that maximizes ``surrogate_fn`` subject to mean KL <= max_kl.
 
     The step direction ``x = F^-1 g`` comes from conjugate gradient; it is scaled to the
-    trust-region boundary ``sqrt(2 max_kl / x^T F x)`` and then backtracked.
+    trust-region boundary ``sqrt(2 max_kl / x^T F x)`` and then backtracked. ``fvp_kl_fn``
+    (default ``kl_fn``) may estimate the KL on a subsample to make Fisher products cheaper;
+    the line search always checks the full ``kl_fn``.
     """
     params = list(params)
     surr = surrogate_fn()
     g = flat_grad(surr, params)
-    fvp = fisher_vector_product(kl_fn, params, damping)
+    fvp = fisher_vector_product(fvp_kl_fn or kl_fn, params, damping)
     x = conjugate_gradient(fvp, g, cg_iters)
     shs = x.dot(fvp(x))
     if not torch.isfinite(shs) or shs.item() <= 0:

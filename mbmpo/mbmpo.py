@@ -1,0 +1,624 @@
+"""MB-MPO: model-based meta-policy optimization (Clavera, Rothfuss et al., CoRL 2018).
+
+One iteration (Algorithm 1 of the paper; DESIGN.md "Data flow")::
+
+    real env --collect(adapted policies theta'_k; random actions first)--> dataset (FIFO)
+    dataset --> fit K dynamics models (per-model early stopping)
+    repeat num_meta_steps:
+        imagined MDPs (task t uses model t // tasks_per_model for its whole rollout)
+        pre-update rollouts with theta -> advantages (linear feature baseline, GAE)
+        theta'_t = theta + alpha * grad J_t(theta)          (differentiable VPG step)
+        post-update rollouts with theta'_t -> advantages
+        outer step on the mean post-update surrogate: TRPO (KL <= delta on the
+        post-update policies, CG through the inner step) or PPO-style clipping
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynamics.ensemble import DynamicsEnsemble
+from dynamics.model_env import ImaginedEnv, tasks_model_idx
+from dynamics.reward_fns import REWARD_FNS, RewardFn, get_reward_fn
+from dynamics.trainer import FitConfig, fit_ensemble
+from mbmpo.buffers import Rollout, TransitionDataset
+from mbmpo.checkpoint import load_checkpoint, save_checkpoint
+from mbmpo.config import BaseConfig, _positive, config_from_dict, save_config
+from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
+from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.logger import Logger
+from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, stack_params
+from mbmpo.normalization import RunningMeanStd
+from mbmpo.on_policy import resolve_device
+from mbmpo.returns import discount_cumsum, gae
+from mbmpo.sampler import collect
+from mbmpo.trpo import trpo_step
+from policies import GaussianMLPPolicy, LinearFeatureBaseline
+
+CONSOLE_KEYS = ["iteration", "real_steps", "eval_return_mean", "imagined/pre_return",
+                "imagined/post_return", "model/val_loss_mean", "time/iteration_s"]
+
+
+@dataclass
+class MBMPOConfig(BaseConfig):
+    """MB-MPO settings. Paper values (original TensorFlow scripts) are noted where ours differ."""
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    """Policy MLP hidden sizes (paper: 32, 32)."""
+    num_envs: int = 4
+    """Real env copies; copy i collects with the adapted policy of task i % meta_batch_size."""
+    num_steps: int = 1000
+    """Real steps per env copy per iteration (paper: 20 x 200 = 4000 real steps per iteration)."""
+    normalize_obs: bool = False
+    """Normalize policy inputs with the real data set's statistics (refreshed every iteration)."""
+    normalize_reward: bool = False
+    """Not supported by MB-MPO (imagined rewards come from the reward function)."""
+    gae_lambda: float = 1.0
+    """GAE lambda (paper: 1)."""
+    warmup_steps: int = 5000
+    """Random-action real steps collected before the first model fit."""
+    collect_with: str = "adapted"
+    """Policy that collects real data: 'adapted' (theta'_k, tailored exploration) or 'pre_update'."""
+    dataset_capacity: int = 100_000
+    """FIFO capacity of the real transition data set."""
+    num_models: int = 5
+    """Ensemble size K."""
+    model_hidden_sizes: tuple[int, ...] = (512, 512)
+    """Hidden sizes of every dynamics model."""
+    model_activation: str = "relu"
+    """Activation of the dynamics models."""
+    model_weight_norm: bool = False
+    """Weight normalization in the dynamics models."""
+    learned_reward: bool = False
+    """Learn a reward head (for envs without an exact reward function)."""
+    model_learning_rate: float = 1e-3
+    """Adam learning rate of the models."""
+    model_batch_size: int = 500
+    """Model minibatch size."""
+    model_max_epochs: int = 500
+    """Upper bound on model epochs per fit."""
+    model_val_fraction: float = 0.2
+    """Per-model validation split."""
+    model_bootstrap: bool = False
+    """Bootstrap-resample each model's training split."""
+    model_early_stop_ema: float = 0.99
+    """Persistence of the smoothed validation loss for per-model early stopping."""
+    meta_batch_size: int = 20
+    """Tasks per meta-step (must be divisible by num_models; paper: 20)."""
+    rollouts_per_task: int = 50
+    """Imagined trajectories per task (paper: 50)."""
+    imagined_horizon: int = 200
+    """Imagined trajectory length (paper: 200)."""
+    imagined_init: str = "reset"
+    """Imagined start states: 'reset' (real initial states) or 'dataset' (real visited states)."""
+    imagined_clip_obs: float = 1000.0
+    """Predicted observations are clipped to +-this."""
+    num_meta_steps: int = 30
+    """Meta-steps (outer updates) per iteration (paper: 30)."""
+    inner_lr: float = 0.001
+    """Inner VPG step size alpha (paper: 0.001)."""
+    learn_inner_lr: bool = False
+    """Learn a per-parameter inner step size (Meta-SGD) in the outer step."""
+    num_inner_steps: int = 1
+    """Inner adaptation steps."""
+    first_order: bool = False
+    """Drop second-order terms of the meta-gradient."""
+    outer: str = "trpo"
+    """Outer step: 'trpo' (paper) or 'ppo' (clipped surrogate, ProMP lineage)."""
+    max_kl: float = 0.01
+    """TRPO outer step: mean KL bound on the post-update policies (paper: 0.01)."""
+    cg_iters: int = 10
+    """TRPO conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """TRPO Fisher damping (rllab default 1e-5)."""
+    backtrack_coeff: float = 0.8
+    """TRPO line-search shrink factor."""
+    max_backtracks: int = 15
+    """TRPO line-search attempts."""
+    fvp_subsample: float = 0.2
+    """Fraction of each task's samples used for the Fisher-vector products (1.0 = all)."""
+    outer_learning_rate: float = 1e-3
+    """PPO outer step: Adam learning rate."""
+    outer_epochs: int = 5
+    """PPO outer step: epochs per meta-step (adapted policies recomputed every epoch)."""
+    outer_clip: float = 0.3
+    """PPO outer step: clipping epsilon."""
+    normalize_adv: bool = True
+    """Normalize advantages per task."""
+    eval_every: int = 8000
+    """Evaluate every this many real steps (the final iteration always evaluates)."""
+    eval_adapted: bool = True
+    """Also evaluate the adapted policies (logged as eval_adapted_return_mean)."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every this many iterations."""
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "num_models", "meta_batch_size", "rollouts_per_task", "imagined_horizon",
+                  "num_meta_steps", "num_inner_steps", "model_batch_size", "model_max_epochs",
+                  "dataset_capacity", "max_kl", "cg_iters", "max_backtracks", "outer_epochs")
+        if self.meta_batch_size % self.num_models:
+            raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
+                              f"num_models {self.num_models}")
+        for name, allowed in (("outer", ("trpo", "ppo")), ("imagined_init", ("reset", "dataset")),
+                              ("collect_with", ("adapted", "pre_update"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
+        if self.normalize_reward:
+            raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
+        if self.warmup_steps < 0 or self.inner_lr < 0:
+            raise ConfigError(f"warmup_steps and inner_lr must be >= 0, got {self.warmup_steps}, {self.inner_lr}")
+        if not 0 < self.fvp_subsample <= 1:
+            raise ConfigError(f"fvp_subsample must be in (0, 1], got {self.fvp_subsample}")
+        if not 0 < self.model_val_fraction < 1:
+            raise ConfigError(f"model_val_fraction must be in (0, 1), got {self.model_val_fraction}")
+        if self.env_id not in REWARD_FNS and not self.learned_reward:
+            get_reward_fn(self.env_id)  # raises the one-line error that says how to fix it
+
+    @property
+    def tasks_per_model(self) -> int:
+        return self.meta_batch_size // self.num_models
+
+
+@dataclass
+class TaskBatch:
+    """Imagined samples grouped by task: tensors ``[T, B, ...]`` (B = rollouts x horizon)."""
+
+    obs: Tensor
+    act: Tensor
+    log_prob: Tensor
+    adv: Tensor
+    dist: Any  # sampling distribution, tensors [T, B, act_dim]
+    mean_return: float
+
+
+class MBMPO:
+    """Model-based meta-policy optimization.
+
+    Example::
+
+        algo = MBMPO(MBMPOConfig(env_id="HalfCheetah-v5", total_steps=50_000), out_dir="runs/mbmpo")
+        algo.learn()
+        action = algo.predict(obs)      # pre-update policy, full observation in
+    """
+
+    algo_name: ClassVar[str] = "mbmpo"
+    config_cls: ClassVar[type[BaseConfig]] = MBMPOConfig
+
+    def __init__(self, config: MBMPOConfig, out_dir: str | Path | None = None, console: bool = True):
+        if not isinstance(config, MBMPOConfig):
+            raise ConfigError(f"MBMPO needs an MBMPOConfig, got {type(config).__name__}")
+        config.validate()
+        c = self.config = config
+        self.device = resolve_device(c.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.console = console
+        self.reward_fn: RewardFn | None = None if c.learned_reward else get_reward_fn(c.env_id)
+        env_kwargs = dict(c.env_kwargs)
+        if self.reward_fn is not None:
+            env_kwargs.setdefault("exclude_current_positions_from_observation", False)
+        self.env_kwargs = env_kwargs
+        self.env = GymVecEnv(c.env_id, c.num_envs, seed=c.seed, env_kwargs=env_kwargs,
+                             vectorization=c.vectorization, dtype=torch.float64)
+        check_spaces(self.env.single_observation_space, self.env.single_action_space, need_box_actions=True)
+        self.action_space = self.env.single_action_space
+        self.obs_dim = self.env.single_observation_space.shape[0]
+        self.act_dim = self.action_space.shape[0]
+        self.num_position_dims = self.reward_fn.num_position_dims if self.reward_fn else 0
+        feat_dim = self.obs_dim - self.num_position_dims
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.policy = GaussianMLPPolicy(feat_dim, self.act_dim, c.hidden_sizes, c.activation,
+                                            c.init_log_std, c.ortho_init)
+            self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
+                                             c.model_activation, self.num_position_dims,
+                                             c.model_weight_norm, reward_head=c.learned_reward)
+        self.inner_lr: float | dict[str, Tensor] = c.inner_lr
+        if c.learn_inner_lr:
+            self.inner_lr = {n: torch.full_like(p, c.inner_lr, requires_grad=True)
+                             for n, p in self.policy.named_parameters()}
+        self.obs_rms = RunningMeanStd(feat_dim)
+        self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity)
+        self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.fit_config = FitConfig(c.model_learning_rate, c.model_batch_size, c.model_max_epochs,
+                                    c.model_val_fraction, c.model_bootstrap, c.model_early_stop_ema)
+        self.outer_optimizer = None
+        if c.outer == "ppo":
+            self.outer_optimizer = torch.optim.Adam(self.outer_params(), lr=c.outer_learning_rate)
+        self.collect_params: dict[str, Tensor] | None = None  # adapted params for real collection
+        self.num_timesteps = 0
+        self.iteration = 0
+        self.wall_time = 0.0
+        self._last_eval_step = 0
+        self._obs: Tensor | None = None
+        self._ts: Tensor | None = None
+        self._eval_env: GymVecEnv | None = None
+        self._recent_returns: list[float] = []
+        self.logger: Logger | None = None
+        self.row_task = torch.arange(c.num_envs) % c.meta_batch_size
+
+    # ----- features and acting ---------------------------------------------------------
+    def features(self, obs: Tensor) -> Tensor:
+        """Full observation ``[..., obs_dim]`` -> policy input ``[..., feat_dim]`` (float32)."""
+        f = obs[..., self.num_position_dims :]
+        if self.config.normalize_obs and self.obs_rms.count.item() > 0:
+            f = self.obs_rms.normalize(f, self.config.clip_obs)
+        return f.float()
+
+    def outer_params(self) -> list[Tensor]:
+        extra = list(self.inner_lr.values()) if isinstance(self.inner_lr, dict) else []
+        return list(self.policy.parameters()) + extra
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
+        """Pre-update policy actions for full observations ``[B, obs_dim]`` (or one row)."""
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float64)
+        single = x.dim() == 1
+        dist = self.policy(self.features(x.unsqueeze(0) if single else x))
+        act = dist.mode() if deterministic else dist.sample(self.generator)
+        a = np.clip(act.numpy(), self.action_space.low, self.action_space.high)
+        return a[0] if single else a
+
+    def _pre_policy_fn(self, obs: Tensor):
+        dist = self.policy(self.features(obs))
+        act = dist.sample(self.generator)
+        return act, {"log_prob": dist.log_prob(act)}
+
+    def _adapted_policy_fn(self, stacked: dict[str, Tensor], row_task: Tensor | None = None):
+        """Row i acts with task ``row_task[i]``'s parameters; ``None`` means rows are split into
+        equal contiguous blocks per task (imagined rollouts), which avoids a per-row gather."""
+        num_tasks = next(iter(stacked.values())).shape[0]
+
+        def fn(obs: Tensor):
+            f = self.features(obs)
+            if row_task is None:
+                d = forward_per_task(self.policy, stacked, f.view(num_tasks, -1, f.shape[-1]))
+                dist = type(d)(*(t.reshape(-1, t.shape[-1]) for t in d))
+            else:
+                dist = forward_per_row(self.policy, stacked, row_task, f)
+            act = dist.sample(self.generator)
+            return act, {"log_prob": dist.log_prob(act)}
+
+        return fn
+
+    def _random_policy_fn(self, obs: Tensor):
+        low = torch.as_tensor(self.action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(self.action_space.high, dtype=torch.float32)
+        u = torch.rand((obs.shape[0], self.act_dim), generator=self.generator)
+        return low + u * (high - low), {}
+
+    # ----- real data and models ----------------------------------------------------------
+    def _collect_real(self) -> Rollout:
+        c = self.config
+        if self.num_timesteps == 0 and c.warmup_steps > 0:
+            steps, fn = math.ceil(c.warmup_steps / c.num_envs), self._random_policy_fn
+        elif c.collect_with == "adapted" and self.collect_params is not None:
+            steps, fn = c.num_steps, self._adapted_policy_fn(self.collect_params, self.row_task)
+        else:
+            steps, fn = c.num_steps, self._pre_policy_fn
+        roll = collect(self.env, fn, steps, self._obs, self._ts)
+        self._obs, self._ts = roll.last_obs, roll.last_timesteps
+        self.dataset.add_rollout(roll)
+        starts = roll.obs[roll.timesteps == 0]
+        self.init_states = torch.cat([self.init_states, starts])[-10_000:]
+        return roll
+
+    def _init_fn(self, n: int, gen: torch.Generator) -> Tensor:
+        if self.config.imagined_init == "reset" and len(self.init_states) > 0:
+            pool = self.init_states
+        else:
+            pool = self.dataset.arrays()["obs"]
+        return pool[torch.randint(len(pool), (n,), generator=gen)].clone()
+
+    def fit_models(self) -> dict[str, float]:
+        data = self.dataset.arrays()
+        res = fit_ensemble(self.ensemble, data["obs"], data["act"], data["next_obs"],
+                           data["reward"] if self.config.learned_reward else None,
+                           self.fit_config, self.generator)
+        if self.config.normalize_obs:
+            self.obs_rms.reset()
+            self.obs_rms.update(data["obs"][:, self.num_position_dims :])
+        return res.log_dict()
+
+    # ----- imagined data ----------------------------------------------------------------
+    def _imagined_env(self) -> ImaginedEnv:
+        c = self.config
+        idx = tasks_model_idx(c.num_models, c.tasks_per_model, c.rollouts_per_task)
+        return ImaginedEnv(self.ensemble, idx, self._init_fn, c.imagined_horizon, self.reward_fn,
+                           self.action_space.low, self.action_space.high, c.imagined_clip_obs,
+                           self.generator)
+
+    def _task_batch(self, roll: Rollout) -> TaskBatch:
+        """Advantages per task with a linear feature baseline fitted on the task's returns."""
+        c = self.config
+        t_tasks = c.meta_batch_size
+        r = c.rollouts_per_task
+        trunc = roll.truncated.clone()
+        trunc[-1] |= ~roll.terminated[-1]  # the rollout's end cuts the last episode
+        dones = roll.terminated | trunc
+        rets = discount_cumsum(roll.rewards.double(), c.gamma, dones)  # [H, N]
+        feats = self.features(roll.obs)  # [H, N, D]
+        next_feats = self.features(roll.next_obs)
+        ts, next_ts = roll.timesteps, roll.timesteps + 1
+        values = torch.empty_like(rets)
+        next_values = torch.empty_like(rets)
+        for t in range(t_tasks):
+            cols = slice(t * r, (t + 1) * r)
+            base = LinearFeatureBaseline(feats.shape[-1])
+            base.fit(feats[:, cols].reshape(-1, feats.shape[-1]).double(), ts[:, cols].reshape(-1),
+                     rets[:, cols].reshape(-1))
+            values[:, cols] = base(feats[:, cols].double(), ts[:, cols])
+            next_values[:, cols] = base(next_feats[:, cols].double(), next_ts[:, cols])
+        adv, _ = gae(roll.rewards.double(), values, next_values, roll.terminated, trunc, c.gamma, c.gae_lambda)
+
+        def by_task(x: Tensor) -> Tensor:  # [H, N, ...] -> [T, r * H, ...]
+            x = x.reshape(x.shape[0], t_tasks, r, *x.shape[2:]).transpose(0, 1)
+            return x.reshape(t_tasks, -1, *x.shape[3:])
+
+        adv_t = by_task(adv).float()
+        if c.normalize_adv:
+            adv_t = (adv_t - adv_t.mean(1, keepdim=True)) / (adv_t.std(1, keepdim=True) + 1e-8)
+        ep_ret = float(np.mean(roll.episode_returns)) if roll.episode_returns else float("nan")
+        return TaskBatch(by_task(feats), by_task(roll.actions), by_task(roll.extras["log_prob"]), adv_t,
+                         None, ep_ret)
+
+    def _adapt_all(self, pre: TaskBatch, create_graph: bool) -> dict[str, Tensor]:
+        c = self.config
+        base = policy_params(self.policy)
+        if not create_graph:
+            base = {n: p.detach().requires_grad_() for n, p in base.items()}
+        lr = self.inner_lr
+        if isinstance(lr, dict) and not create_graph:
+            lr = {n: v.detach() for n, v in lr.items()}
+        per_task = [adapt(self.policy, base, pre.obs[t], pre.act[t], pre.adv[t], pre.log_prob[t], lr,
+                          first_order=c.first_order or not create_graph, num_steps=c.num_inner_steps)
+                    for t in range(c.meta_batch_size)]
+        stacked = stack_params(per_task)
+        return stacked if create_graph else {n: v.detach() for n, v in stacked.items()}
+
+    def meta_step(self) -> dict[str, float]:
+        """One outer update on fresh imagined data; returns scalars to log."""
+        c = self.config
+        env = self._imagined_env()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pre_roll = collect(env, self._pre_policy_fn, c.imagined_horizon)
+        pre = self._task_batch(pre_roll)
+        t1 = time.perf_counter()
+        adapted = self._adapt_all(pre, create_graph=False)
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            post_roll = collect(env, self._adapted_policy_fn(adapted), c.imagined_horizon)
+        post = self._task_batch(post_roll)
+        with torch.no_grad():
+            post.dist = forward_per_task(self.policy, adapted, post.obs).detach()
+        t3 = time.perf_counter()
+        stats = self._outer_trpo(pre, post) if c.outer == "trpo" else self._outer_ppo(pre, post)
+        t4 = time.perf_counter()
+        stats.update({"imagined/pre_return": pre.mean_return, "imagined/post_return": post.mean_return,
+                      "time/imagined_sampling_s": (t1 - t0) + (t3 - t2), "time/inner_step_s": t2 - t1,
+                      "time/outer_step_s": t4 - t3})
+        return stats
+
+    def _outer_surrogate_and_kl(self, pre: TaskBatch, post: TaskBatch):
+        def dist_new():
+            stacked = self._adapt_all(pre, create_graph=True)
+            return forward_per_task(self.policy, stacked, post.obs)
+
+        def surrogate() -> Tensor:
+            d = dist_new()
+            ratio = (d.log_prob(post.act) - post.log_prob).exp()
+            return (ratio * post.adv).mean()
+
+        def kl() -> Tensor:
+            return post.dist.kl(dist_new()).mean()
+
+        return surrogate, kl
+
+    def _subsample(self, batch: TaskBatch, frac: float) -> TaskBatch:
+        """The same random fraction of every task's samples (for cheaper Fisher products)."""
+        b = batch.obs.shape[1]
+        idx = torch.randperm(b, generator=self.generator)[: max(1, int(b * frac))]
+        dist = None if batch.dist is None else type(batch.dist)(*(t[:, idx] for t in batch.dist))
+        return TaskBatch(batch.obs[:, idx], batch.act[:, idx], batch.log_prob[:, idx], batch.adv[:, idx],
+                         dist, batch.mean_return)
+
+    def _outer_trpo(self, pre: TaskBatch, post: TaskBatch) -> dict[str, float]:
+        c = self.config
+        surrogate, kl = self._outer_surrogate_and_kl(pre, post)
+        fvp_kl = kl
+        if c.fvp_subsample < 1.0:
+            _, fvp_kl = self._outer_surrogate_and_kl(self._subsample(pre, c.fvp_subsample),
+                                                     self._subsample(post, c.fvp_subsample))
+        info = trpo_step(self.outer_params(), surrogate, kl, c.max_kl, c.cg_damping, c.cg_iters,
+                         c.backtrack_coeff, c.max_backtracks, line_search_no_grad=False,
+                         fvp_kl_fn=fvp_kl)
+        return {"meta/kl": info.kl, "meta/surrogate_change": info.surrogate_after - info.surrogate_before,
+                "meta/step_accepted": float(info.accepted), "meta/num_backtracks": float(info.num_backtracks)}
+
+    def _outer_ppo(self, pre: TaskBatch, post: TaskBatch) -> dict[str, float]:
+        c = self.config
+        assert self.outer_optimizer is not None
+        first = last = float("nan")
+        for _ in range(c.outer_epochs):
+            stacked = self._adapt_all(pre, create_graph=True)
+            d = forward_per_task(self.policy, stacked, post.obs)
+            ratio = (d.log_prob(post.act) - post.log_prob).exp()
+            obj = torch.min(ratio * post.adv, ratio.clamp(1 - c.outer_clip, 1 + c.outer_clip) * post.adv).mean()
+            self.outer_optimizer.zero_grad(set_to_none=True)
+            (-obj).backward()
+            self.outer_optimizer.step()
+            last = obj.item()
+            first = last if math.isnan(first) else first
+        with torch.no_grad():
+            _, kl = self._outer_surrogate_and_kl(pre, post)
+        return {"meta/kl": float(torch.enable_grad()(kl)()), "meta/surrogate_change": last - first}
+
+    # ----- the loop -----------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None) -> MBMPO:
+        """Train until ``total_steps`` real steps (warm-up included); stops at the first
+        iteration boundary at or after the budget."""
+        total = int(total_steps if total_steps is not None else self.config.total_steps)
+        if total <= 0:
+            raise ConfigError(f"total_steps must be > 0, got {total}")
+        self.total_steps = total
+        if self.logger is None:
+            self.logger = Logger(self.out_dir, console=self.console, console_keys=CONSOLE_KEYS)
+            if self.out_dir is not None:
+                save_config(self.config, self.out_dir / "config.yaml", self.algo_name)
+                self.logger.truncate_after(self.num_timesteps)
+        bar = self.logger.progress(total, self.num_timesteps, desc=f"mbmpo {self.config.env_id}")
+        try:
+            while self.num_timesteps < total:
+                self._iterate(bar)
+        finally:
+            bar.close()
+        return self
+
+    def _iterate(self, bar) -> None:
+        c = self.config
+        log = self.logger
+        t0 = time.perf_counter()
+        roll = self._collect_real()
+        steps = roll.num_steps * roll.num_envs
+        t1 = time.perf_counter()
+        model_stats = self.fit_models()
+        t2 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for _ in range(c.num_meta_steps):
+            for k, v in self.meta_step().items():
+                sums[k] = sums.get(k, 0.0) + v
+        meta_stats = {k: v / c.num_meta_steps for k, v in sums.items()}
+        if c.collect_with == "adapted" or c.eval_adapted:
+            with torch.no_grad():
+                pre = self._task_batch(collect(self._imagined_env(), self._pre_policy_fn, c.imagined_horizon))
+            self.collect_params = self._adapt_all(pre, create_graph=False)
+        t3 = time.perf_counter()
+        self.iteration += 1
+        self.num_timesteps += steps
+        self.wall_time += t3 - t0
+        bar.update(steps)
+        self._recent_returns = (self._recent_returns + roll.episode_returns)[-20:]
+        log.record("iteration", self.iteration)
+        log.record("real_steps", self.num_timesteps)
+        if self._recent_returns:
+            log.record("real/episode_return", float(np.mean(self._recent_returns)))
+        log.record_dict(model_stats)
+        log.record_dict(meta_stats)
+        log.record("time/real_sampling_s", t1 - t0)
+        log.record("time/model_fit_s", t2 - t1)
+        log.record("time/meta_s", t3 - t2)
+        log.record("time/iteration_s", t3 - t0)
+        last = self.num_timesteps >= self.total_steps
+        if last or (c.eval_every > 0 and self.num_timesteps - self._last_eval_step >= c.eval_every):
+            self._last_eval_step = self.num_timesteps
+            rets, lens = self.evaluate(c.eval_episodes)
+            log.record("eval_return_mean", float(rets.mean()))
+            log.record("eval_return_std", float(rets.std()))
+            log.record("eval_length_mean", float(lens.mean()))
+            if c.eval_adapted and self.collect_params is not None:
+                rets, _ = self.evaluate(c.eval_episodes, adapted=True)
+                log.record("eval_adapted_return_mean", float(rets.mean()))
+        log.record("wall_time_s", self.wall_time)
+        log.dump(self.num_timesteps)
+        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
+            self.save(self.out_dir / "checkpoints" / "last.pt")
+
+    @torch.no_grad()
+    def evaluate(self, num_episodes: int = 10, adapted: bool = False,
+                 deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Full real episodes (not training samples) of the pre-update policy, or of the
+        adapted policies (episode i uses task i % meta_batch_size)."""
+        c = self.config
+        if self._eval_env is None or self._eval_env.num_envs != num_episodes:
+            if self._eval_env is not None:
+                self._eval_env.close()
+            self._eval_env = GymVecEnv(c.env_id, num_episodes, seed=c.seed + 1_000_003,
+                                       env_kwargs=self.env_kwargs, dtype=torch.float64)
+        row_task = torch.arange(num_episodes) % c.meta_batch_size
+
+        def act(obs: Tensor) -> Tensor:
+            f = self.features(obs)
+            if adapted and self.collect_params is not None:
+                d = forward_per_row(self.policy, self.collect_params, row_task, f)
+            else:
+                d = self.policy(f)
+            return d.mode() if deterministic else d.sample(self.generator)
+
+        return evaluate_episodes(self._eval_env, act, seed=c.seed + 1_000_003 + 7919 * self.iteration)
+
+    # ----- persistence ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.algo_name,
+            "config": self.config.to_dict(),
+            "policy": self.policy.state_dict(),
+            "inner_lr": ({n: v.detach() for n, v in self.inner_lr.items()}
+                         if isinstance(self.inner_lr, dict) else {}),
+            "ensemble": self.ensemble.state_dict(),
+            "obs_rms": self.obs_rms.state_dict(),
+            "dataset": self.dataset.state_dict(),
+            "init_states": self.init_states,
+            "collect_params": self.collect_params or {},
+            "outer_optimizer": self.outer_optimizer.state_dict() if self.outer_optimizer else {},
+            "generator": self.generator.get_state(),
+            "counters": {"num_timesteps": self.num_timesteps, "iteration": self.iteration,
+                         "wall_time": self.wall_time, "last_eval_step": self._last_eval_step},
+        }
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        try:
+            self.policy.load_state_dict(state["policy"])
+            self.ensemble.load_state_dict(state["ensemble"])
+            self.obs_rms.load_state_dict(state["obs_rms"])
+            self.dataset.load_state_dict(state["dataset"])
+            if isinstance(self.inner_lr, dict):
+                with torch.no_grad():
+                    for n, v in self.inner_lr.items():
+                        v.copy_(state["inner_lr"][n])
+            if self.outer_optimizer is not None:
+                self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+            self.generator.set_state(state["generator"])
+            cnt = state["counters"]
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{source} does not match this mbmpo setup: {first}") from None
+        self.init_states = state["init_states"]
+        self.collect_params = dict(state["collect_params"]) or None
+        self.num_timesteps = int(cnt["num_timesteps"])
+        self.iteration = int(cnt["iteration"])
+        self.wall_time = float(cnt["wall_time"])
+        self._last_eval_step = int(cnt["last_eval_step"])
+
+    @classmethod
+    def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,
+             **overrides: Any) -> MBMPO:
+        """Rebuild from a checkpoint (file or run directory) to resume training or act."""
+        state = load_checkpoint(path)
+        if state.get("algo") != cls.algo_name:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, not 'mbmpo'")
+        cfg = config_from_dict(MBMPOConfig, {**state["config"], **overrides}, source=f"checkpoint {path}")
+        algo = cls(cfg, out_dir=out_dir, console=console)
+        algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+        return algo
+
+    def close(self) -> None:
+        self.env.close()
+        if self._eval_env is not None:
+            self._eval_env.close()
+        if self.logger is not None:
+            self.logger.close()
+
+
