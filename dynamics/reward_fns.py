@@ -69,6 +69,12 @@ class RewardFn:
             return torch.zeros(next_obs.shape[:-1], dtype=torch.bool, device=next_obs.device)
         return ~self.is_healthy(next_obs)
 
+    def env_kwargs(self) -> dict[str, bool]:
+        """``gymnasium.make`` keywords that give the observation these functions expect."""
+        if self.num_position_dims == 0:
+            return {}
+        return {"exclude_current_positions_from_observation": False}
+
     def policy_obs(self, obs: Tensor) -> Tensor:
         """The observation without absolute planar position: what policies and models see."""
         return obs[..., self.num_position_dims :]

@@ -204,7 +204,7 @@ class MBMPO:
         self.reward_fn: RewardFn | None = None if c.learned_reward else get_reward_fn(c.env_id)
         env_kwargs = dict(c.env_kwargs)
         if self.reward_fn is not None:
-            env_kwargs.setdefault("exclude_current_positions_from_observation", False)
+            env_kwargs = {**self.reward_fn.env_kwargs(), **env_kwargs}
         self.env_kwargs = env_kwargs
         self.env = GymVecEnv(c.env_id, c.num_envs, seed=c.seed, env_kwargs=env_kwargs,
                              vectorization=c.vectorization, dtype=torch.float64)
@@ -305,9 +305,19 @@ class MBMPO:
             steps, fn = c.num_steps, self._adapted_policy_fn(self.collect_params, self.row_task)
         else:
             steps, fn = c.num_steps, self._pre_policy_fn
+        if self._obs is None:
+            # seeded by iteration, so a run resumed at an episode boundary repeats exactly
+            self._obs = self.env.reset(seed=c.seed + 7919 * self.iteration)
+            self._ts = None
         roll = collect(self.env, fn, steps, self._obs, self._ts)
         self._obs, self._ts = roll.last_obs, roll.last_timesteps
-        self.dataset.add_rollout(roll)
+        if bool(roll.dones[-1].all()):
+            self._obs = None  # every copy just finished an episode: reset (seeded) next time
+        low = torch.as_tensor(self.action_space.low, dtype=roll.actions.dtype)
+        high = torch.as_tensor(self.action_space.high, dtype=roll.actions.dtype)
+        # the models learn from the action the env applied (imagined steps clip the same way)
+        applied = torch.max(torch.min(roll.actions, high), low)
+        self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated)
         starts = roll.obs[roll.timesteps == 0]
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]
         return roll
@@ -459,9 +469,8 @@ class MBMPO:
             self.outer_optimizer.step()
             last = obj.item()
             first = last if math.isnan(first) else first
-        with torch.no_grad():
-            _, kl = self._outer_surrogate_and_kl(pre, post)
-        return {"meta/kl": float(torch.enable_grad()(kl)()), "meta/surrogate_change": last - first}
+        _, kl = self._outer_surrogate_and_kl(pre, post)  # the inner step needs autograd
+        return {"meta/kl": kl().detach().item(), "meta/surrogate_change": last - first}
 
     # ----- the loop -----------------------------------------------------------------------
     def learn(self, total_steps: int | None = None) -> MBMPO:

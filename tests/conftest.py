@@ -68,3 +68,21 @@ _register()
 @pytest.fixture
 def tmp_run(tmp_path):
     return tmp_path / "run"
+
+
+def _register_point_mass_reward():
+    from dataclasses import dataclass
+
+    from dynamics.reward_fns import REWARD_FNS, RewardFn
+
+    @dataclass(frozen=True)
+    class PointMassReward(RewardFn):
+        def reward(self, obs, act, next_obs):
+            return -next_obs[..., 0].abs() - 0.01 * act.clamp(-1, 1).pow(2).sum(-1)
+
+    REWARD_FNS.setdefault("mbmpo_test/PointMass-v0",
+                          PointMassReward("mbmpo_test/PointMass-v0", dt=1.0, num_position_dims=0,
+                                          ctrl_cost_weight=0.0))
+
+
+_register_point_mass_reward()

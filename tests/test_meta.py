@@ -1,6 +1,13 @@
 import torch
 
-from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, stack_params, vpg_surrogate
+from mbmpo.meta import (
+    adapt,
+    forward_per_row,
+    forward_per_task,
+    policy_params,
+    stack_params,
+    vpg_surrogate,
+)
 from policies import GaussianMLPPolicy
 
 

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from mbmpo import MBMPO, MBMPOConfig
+from mbmpo.errors import CheckpointError, ConfigError, TrainingError
+
+
+def pm_config(**kw):
+    base = dict(env_id="mbmpo_test/PointMass-v0", num_envs=2, num_steps=30, warmup_steps=120,
+                num_models=2, model_hidden_sizes=(32, 32), model_max_epochs=30, model_batch_size=64,
+                model_early_stop_ema=0.5, meta_batch_size=4, rollouts_per_task=8, imagined_horizon=30,
+                num_meta_steps=3, hidden_sizes=(16,), inner_lr=0.05, max_kl=0.05, gamma=0.95,
+                eval_every=0, eval_episodes=4, eval_adapted=False, imagined_init="dataset")
+    base.update(kw)
+    return MBMPOConfig(**base)
+
+
+def flat(algo):
+    return torch.cat([p.detach().flatten() for p in algo.policy.parameters()])
+
+
+def test_trpo_outer_step_respects_the_kl_bound():
+    algo = MBMPO(pm_config(max_kl=0.002), console=False)
+    algo._collect_real()
+    algo.fit_models()
+    for _ in range(4):
+        before = flat(algo).clone()
+        stats = algo.meta_step()
+        assert stats["meta/kl"] <= 0.002 + 1e-7
+        if stats["meta/step_accepted"]:
+            assert not torch.equal(before, flat(algo))
+
+
+def test_seeded_runs_are_identical():
+    a, b = MBMPO(pm_config(), console=False), MBMPO(pm_config(), console=False)
+    a.learn(180)
+    b.learn(180)
+    assert torch.equal(flat(a), flat(b))
+    assert torch.equal(a.dataset.arrays()["obs"], b.dataset.arrays()["obs"])
+
+
+def test_resume_gives_the_same_next_iteration(tmp_path):
+    full = MBMPO(pm_config(), console=False)
+    full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
+    run = tmp_path / "run"
+    part = MBMPO(pm_config(), out_dir=run, console=False)
+    part.learn(120)
+    part.close()
+    resumed = MBMPO.load(run, out_dir=run, console=False)
+    assert len(resumed.dataset) == 120 and resumed.num_timesteps == 120
+    resumed.learn(180)
+    assert torch.equal(flat(full), flat(resumed))
+    assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
+
+
+def test_learns_point_mass_end_to_end():
+    algo = MBMPO(pm_config(num_meta_steps=8), console=False)
+    before = algo.evaluate(8)[0].mean()
+    algo.learn(480)
+    after = algo.evaluate(8)[0].mean()
+    assert after > -8.0 > before, (before, after)
+
+
+def test_first_order_and_ppo_outer_and_learned_inner_lr_run():
+    for kw in (dict(first_order=True), dict(outer="ppo", outer_epochs=2), dict(learn_inner_lr=True)):
+        algo = MBMPO(pm_config(num_meta_steps=1, **kw), console=False)
+        algo.learn(150)
+        assert torch.isfinite(flat(algo)).all()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(env_id="Pendulum-v1"), "no reward function registered for env id 'Pendulum-v1'"),
+    (dict(env_id="CartPole-v1", learned_reward=True), "a 1-D Box is needed"),
+    (dict(num_models=0), "num_models must be > 0"),
+    (dict(meta_batch_size=5), "meta_batch_size 5 is not divisible by num_models 2"),
+    (dict(outer="adam"), "outer 'adam' is not allowed"),
+])
+def test_bad_input_is_named(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        MBMPO(pm_config(**kw), console=False)
+
+
+def test_nan_model_and_mismatched_checkpoint(tmp_path):
+    algo = MBMPO(pm_config(), out_dir=tmp_path / "run", console=False)
+    algo.learn(120)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    good = ckpt.read_bytes()
+    with torch.no_grad():
+        algo.ensemble.models[1][0].bias.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"dynamics model\(s\) \[1\] predicted NaN"):
+        algo.meta_step()
+    assert ckpt.read_bytes() == good
+    with pytest.raises(CheckpointError, match="does not match"):
+        MBMPO.load(ckpt, console=False, model_hidden_sizes=[8])
+    assert ckpt.read_bytes() == good
