@@ -30,8 +30,8 @@ from dynamics.model_env import ImaginedEnv, tasks_model_idx
 from dynamics.reward_fns import REWARD_FNS, RewardFn, get_reward_fn
 from dynamics.trainer import FitConfig, fit_ensemble
 from mbmpo.buffers import Rollout, TransitionDataset
-from mbmpo.checkpoint import load_checkpoint, save_checkpoint
-from mbmpo.config import BaseConfig, _positive, config_from_dict, save_config
+from mbmpo.checkpoint import save_checkpoint
+from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
@@ -39,6 +39,7 @@ from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, 
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
+from mbmpo.runner import evaluation_due, load_algorithm, record_evaluation, run_training
 from mbmpo.sampler import collect
 from mbmpo.trpo import trpo_step
 from policies import GaussianMLPPolicy, LinearFeatureBaseline
@@ -476,21 +477,7 @@ class MBMPO:
     def learn(self, total_steps: int | None = None) -> MBMPO:
         """Train until ``total_steps`` real steps (warm-up included); stops at the first
         iteration boundary at or after the budget."""
-        total = int(total_steps if total_steps is not None else self.config.total_steps)
-        if total <= 0:
-            raise ConfigError(f"total_steps must be > 0, got {total}")
-        self.total_steps = total
-        if self.logger is None:
-            self.logger = Logger(self.out_dir, console=self.console, console_keys=CONSOLE_KEYS)
-            if self.out_dir is not None:
-                save_config(self.config, self.out_dir / "config.yaml", self.algo_name)
-                self.logger.truncate_after(self.num_timesteps)
-        bar = self.logger.progress(total, self.num_timesteps, desc=f"mbmpo {self.config.env_id}")
-        try:
-            while self.num_timesteps < total:
-                self._iterate(bar)
-        finally:
-            bar.close()
+        run_training(self, total_steps, CONSOLE_KEYS)
         return self
 
     def _iterate(self, bar) -> None:
@@ -528,15 +515,10 @@ class MBMPO:
         log.record("time/meta_s", t3 - t2)
         log.record("time/iteration_s", t3 - t0)
         last = self.num_timesteps >= self.total_steps
-        if last or (c.eval_every > 0 and self.num_timesteps - self._last_eval_step >= c.eval_every):
-            self._last_eval_step = self.num_timesteps
-            rets, lens = self.evaluate(c.eval_episodes)
-            log.record("eval_return_mean", float(rets.mean()))
-            log.record("eval_return_std", float(rets.std()))
-            log.record("eval_length_mean", float(lens.mean()))
+        if evaluation_due(self):
+            record_evaluation(log, *self.evaluate(c.eval_episodes))
             if c.eval_adapted and self.collect_params is not None:
-                rets, _ = self.evaluate(c.eval_episodes, adapted=True)
-                log.record("eval_adapted_return_mean", float(rets.mean()))
+                record_evaluation(log, *self.evaluate(c.eval_episodes, adapted=True), prefix="eval_adapted")
         log.record("wall_time_s", self.wall_time)
         log.dump(self.num_timesteps)
         if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
@@ -615,13 +597,7 @@ class MBMPO:
     def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,
              **overrides: Any) -> MBMPO:
         """Rebuild from a checkpoint (file or run directory) to resume training or act."""
-        state = load_checkpoint(path)
-        if state.get("algo") != cls.algo_name:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, not 'mbmpo'")
-        cfg = config_from_dict(MBMPOConfig, {**state["config"], **overrides}, source=f"checkpoint {path}")
-        algo = cls(cfg, out_dir=out_dir, console=console)
-        algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
-        return algo
+        return load_algorithm(cls, path, out_dir, console, overrides)
 
     def close(self) -> None:
         self.env.close()

@@ -17,12 +17,13 @@ import torch
 from torch import Tensor
 
 from mbmpo.buffers import Rollout
-from mbmpo.checkpoint import load_checkpoint, save_checkpoint
-from mbmpo.config import BaseConfig, config_from_dict, save_config
+from mbmpo.checkpoint import save_checkpoint
+from mbmpo.config import BaseConfig
 from mbmpo.envs import GymVecEnv, VecNormalize, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
 from mbmpo.logger import Logger
 from mbmpo.returns import gae
+from mbmpo.runner import evaluation_due, load_algorithm, record_evaluation, run_training
 from mbmpo.sampler import collect
 from policies import MLPValue, make_policy
 
@@ -147,21 +148,7 @@ class OnPolicyAlgorithm:
         Stops at the first iteration boundary at or after the budget. Calling again with a
         larger budget (or after :meth:`load`) continues the same run.
         """
-        total = int(total_steps if total_steps is not None else self.config.total_steps)
-        if total <= 0:
-            raise ConfigError(f"total_steps must be > 0, got {total}")
-        self.total_steps = total
-        if self.logger is None:
-            self.logger = Logger(self.out_dir, console=self.console, console_keys=CONSOLE_KEYS)
-            if self.out_dir is not None:
-                save_config(self.config, self.out_dir / "config.yaml", self.algo_name)
-                self.logger.truncate_after(self.num_timesteps)
-        bar = self.logger.progress(total, self.num_timesteps, desc=f"{self.algo_name} {self.config.env_id}")
-        try:
-            while self.num_timesteps < total:
-                self._iterate(bar)
-        finally:
-            bar.close()
+        run_training(self, total_steps, CONSOLE_KEYS)
         return self
 
     def _iterate(self, bar) -> None:
@@ -191,13 +178,8 @@ class OnPolicyAlgorithm:
         log.record("time/update_s", t2 - t1)
         log.record("time/sps", self.batch_size / (t2 - t0))
         last = self.num_timesteps >= self.total_steps
-        due = c.eval_every > 0 and self.num_timesteps - self._last_eval_step >= c.eval_every
-        if last or due:
-            self._last_eval_step = self.num_timesteps
-            rets, lens = self.evaluate(c.eval_episodes, c.eval_deterministic)
-            log.record("eval_return_mean", float(rets.mean()))
-            log.record("eval_return_std", float(rets.std()))
-            log.record("eval_length_mean", float(lens.mean()))
+        if evaluation_due(self):
+            record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic))
         log.record("wall_time_s", self.wall_time)
         log.dump(self.num_timesteps)
         if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
@@ -283,15 +265,7 @@ class OnPolicyAlgorithm:
             out_dir: where a resumed run keeps logging (usually the original run directory).
             overrides: config fields to change (e.g. ``device``, ``total_steps``).
         """
-        state = load_checkpoint(path)
-        if state.get("algo") != cls.algo_name:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, "
-                                  f"not {cls.algo_name!r}")
-        cfg_dict = {**state["config"], **overrides}
-        config = config_from_dict(cls.config_cls, cfg_dict, source=f"checkpoint {path}")
-        algo = cls(config, out_dir=out_dir, console=console)
-        algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
-        return algo
+        return load_algorithm(cls, path, out_dir, console, overrides)
 
     def close(self) -> None:
         self.env.close()

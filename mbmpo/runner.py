@@ -1,0 +1,67 @@
+"""The training-run plumbing every algorithm shares: budget loop with a progress bar,
+logging setup, evaluation schedule and loading from checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbmpo.checkpoint import load_checkpoint
+from mbmpo.config import config_from_dict, save_config
+from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.logger import Logger
+
+
+def run_training(algo: Any, total_steps: int | None, console_keys: list[str]) -> None:
+    """Call ``algo._iterate(bar)`` until ``algo.num_timesteps >= total_steps``.
+
+    ``algo`` provides ``config``, ``out_dir``, ``console``, ``logger``, ``num_timesteps``,
+    ``algo_name`` and ``_iterate``. The first call creates the logger, writes
+    ``config.yaml`` and drops ``progress.csv`` rows past the restored step (a resumed run
+    repeats them).
+    """
+    total = int(total_steps if total_steps is not None else algo.config.total_steps)
+    if total <= 0:
+        raise ConfigError(f"total_steps must be > 0, got {total}")
+    algo.total_steps = total
+    if algo.logger is None:
+        algo.logger = Logger(algo.out_dir, console=algo.console, console_keys=console_keys)
+        if algo.out_dir is not None:
+            save_config(algo.config, Path(algo.out_dir) / "config.yaml", algo.algo_name)
+            algo.logger.truncate_after(algo.num_timesteps)
+    bar = algo.logger.progress(total, algo.num_timesteps, desc=f"{algo.algo_name} {algo.config.env_id}")
+    try:
+        while algo.num_timesteps < total:
+            algo._iterate(bar)
+    finally:
+        bar.close()
+
+
+def evaluation_due(algo: Any) -> bool:
+    """The last iteration of the budget, or ``eval_every`` real steps since the last evaluation."""
+    every = algo.config.eval_every
+    if algo.num_timesteps >= algo.total_steps or (every > 0 and algo.num_timesteps - algo._last_eval_step >= every):
+        algo._last_eval_step = algo.num_timesteps
+        return True
+    return False
+
+
+def record_evaluation(logger: Logger, returns: np.ndarray, lengths: np.ndarray, prefix: str = "eval") -> None:
+    logger.record(f"{prefix}_return_mean", float(returns.mean()))
+    logger.record(f"{prefix}_return_std", float(returns.std()))
+    logger.record(f"{prefix}_length_mean", float(lengths.mean()))
+
+
+def load_algorithm(cls: Any, path: str | Path, out_dir: str | Path | None, console: bool,
+                   overrides: dict[str, Any]) -> Any:
+    """Rebuild ``cls`` from a checkpoint (file or run directory) with config ``overrides``."""
+    state = load_checkpoint(path)
+    if state.get("algo") != cls.algo_name:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, "
+                              f"not {cls.algo_name!r}")
+    config = config_from_dict(cls.config_cls, {**state["config"], **overrides}, source=f"checkpoint {path}")
+    algo = cls(config, out_dir=out_dir, console=console)
+    algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+    return algo
