@@ -120,29 +120,32 @@ class PPO(OnPolicyAlgorithm):
         with torch.no_grad():
             old_dist = self.policy(obs).detach() if use_kl else None
         n = obs.shape[0]
-        sums = torch.zeros(6)  # policy loss, value loss, entropy, approx kl, clip frac, count
+        rows: list[Tensor] = []  # per minibatch: policy loss, value loss, entropy, approx kl, clip frac
         for _epoch in range(c.update_epochs):
-            perm = torch.randperm(n, generator=self.generator, device=self.generator.device)
-            epoch_kl = torch.zeros(())
+            perm = torch.randperm(n, generator=self.generator, device=self.generator.device).to(obs.device)
+            # one gather per epoch; minibatches are then contiguous slices (views)
+            e_obs, e_act, e_logp, e_adv, e_ret, e_val = (
+                x[perm] for x in (obs, act, old_logp, adv, ret, old_val))
+            e_old = old_dist.index(perm) if use_kl else None
             for start in range(0, n, c.minibatch_size):
-                idx = perm[start : start + c.minibatch_size].to(obs.device)
-                dist = self.policy(obs[idx])
-                logratio = dist.log_prob(act[idx]) - old_logp[idx]
+                mb = slice(start, start + c.minibatch_size)
+                dist = self.policy(e_obs[mb])
+                logratio = dist.log_prob(e_act[mb]) - e_logp[mb]
                 ratio = logratio.exp()
-                mb_adv = normalize_advantages(adv[idx]) if c.norm_adv else adv[idx]
+                mb_adv = normalize_advantages(e_adv[mb]) if c.norm_adv else e_adv[mb]
                 pg = ratio * mb_adv
                 if c.objective == "clip":
                     pg = torch.min(pg, ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef) * mb_adv)
                 pg_loss = -pg.mean()
                 if use_kl:
-                    pg_loss = pg_loss + self.kl_coef * old_dist.index(idx).kl(dist).mean()
+                    pg_loss = pg_loss + self.kl_coef * e_old.index(mb).kl(dist).mean()
                 entropy = dist.entropy().mean()
-                v = self.value_fn(obs[idx])
+                v = self.value_fn(e_obs[mb])
                 if c.clip_vloss:
-                    v_clip = old_val[idx] + (v - old_val[idx]).clamp(-c.clip_coef, c.clip_coef)
-                    v_loss = 0.5 * torch.max((v - ret[idx]) ** 2, (v_clip - ret[idx]) ** 2).mean()
+                    v_clip = e_val[mb] + (v - e_val[mb]).clamp(-c.clip_coef, c.clip_coef)
+                    v_loss = 0.5 * torch.max((v - e_ret[mb]) ** 2, (v_clip - e_ret[mb]) ** 2).mean()
                 else:
-                    v_loss = 0.5 * ((v - ret[idx]) ** 2).mean()
+                    v_loss = 0.5 * ((v - e_ret[mb]) ** 2).mean()
                 loss = pg_loss - c.ent_coef * entropy + c.vf_coef * v_loss
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -152,12 +155,10 @@ class PPO(OnPolicyAlgorithm):
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - logratio).mean()
                     clipfrac = ((ratio - 1).abs() > c.clip_coef).float().mean()
-                    sums += torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach(),
-                                         approx_kl, clipfrac, torch.ones(())]).cpu()
-                    epoch_kl = approx_kl
-            if c.target_kl is not None and epoch_kl.item() > c.target_kl:
+                    rows.append(torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac]).detach())
+            if c.target_kl is not None and rows[-1][3].item() > c.target_kl:
                 break
-        means = (sums[:5] / sums[5]).tolist()
+        means = torch.stack(rows).mean(0).tolist()
         stats = {"loss/policy": means[0], "loss/value": means[1], "loss/entropy": means[2],
                  "train/approx_kl": means[3], "train/clip_fraction": means[4],
                  "train/learning_rate": self.optimizer.param_groups[0]["lr"]}
