@@ -42,7 +42,7 @@ from mbmpo.returns import discount_cumsum, gae
 from mbmpo.runner import evaluation_due, load_algorithm, record_evaluation, run_training
 from mbmpo.sampler import collect
 from mbmpo.trpo import trpo_step
-from policies import GaussianMLPPolicy, LinearFeatureBaseline
+from policies import GaussianMLPPolicy, LinearFeatureBaseline, MLPValue
 
 CONSOLE_KEYS = ["iteration", "real_steps", "eval_return_mean", "imagined/pre_return",
                 "imagined/post_return", "model/val_loss_mean", "time/iteration_s"]
@@ -134,6 +134,11 @@ class MBMPOConfig(BaseConfig):
     """PPO outer step: clipping epsilon."""
     normalize_adv: bool = True
     """Normalize advantages per task."""
+    baseline: str = "linear"
+    """Value baseline of the imagined returns: 'linear' (per-task linear feature baseline, the
+    paper's) or 'mlp' (one MLP value function on features and time, refit every batch)."""
+    baseline_epochs: int = 5
+    """'mlp' baseline: Adam epochs per batch (minibatches of 1024)."""
     eval_every: int = 8000
     """Evaluate every this many real steps (the final iteration always evaluates)."""
     eval_adapted: bool = True
@@ -150,7 +155,8 @@ class MBMPOConfig(BaseConfig):
             raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
                               f"num_models {self.num_models}")
         for name, allowed in (("outer", ("trpo", "ppo")), ("imagined_init", ("reset", "dataset")),
-                              ("collect_with", ("adapted", "pre_update"))):
+                              ("collect_with", ("adapted", "pre_update")),
+                              ("baseline", ("linear", "mlp"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
         if self.normalize_reward:
@@ -227,6 +233,13 @@ class MBMPO:
             self.inner_lr = {n: torch.full_like(p, c.inner_lr, requires_grad=True)
                              for n, p in self.policy.named_parameters()}
         self.obs_rms = RunningMeanStd(feat_dim)
+        self.value_fn: MLPValue | None = None
+        self.value_optimizer: torch.optim.Optimizer | None = None
+        if c.baseline == "mlp":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(c.seed + 1)
+                self.value_fn = MLPValue(feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init)
+            self.value_optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=1e-3)
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity)
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(c.seed)
@@ -349,7 +362,7 @@ class MBMPO:
                            self.generator)
 
     def _task_batch(self, roll: Rollout) -> TaskBatch:
-        """Advantages per task with a linear feature baseline fitted on the task's returns."""
+        """Per-task advantages (GAE on the baseline's values), normalized per task."""
         c = self.config
         t_tasks = c.meta_batch_size
         r = c.rollouts_per_task
@@ -360,15 +373,8 @@ class MBMPO:
         feats = self.features(roll.obs)  # [H, N, D]
         next_feats = self.features(roll.next_obs)
         ts, next_ts = roll.timesteps, roll.timesteps + 1
-        values = torch.empty_like(rets)
-        next_values = torch.empty_like(rets)
-        for t in range(t_tasks):
-            cols = slice(t * r, (t + 1) * r)
-            base = LinearFeatureBaseline(feats.shape[-1])
-            base.fit(feats[:, cols].reshape(-1, feats.shape[-1]).double(), ts[:, cols].reshape(-1),
-                     rets[:, cols].reshape(-1))
-            values[:, cols] = base(feats[:, cols].double(), ts[:, cols])
-            next_values[:, cols] = base(next_feats[:, cols].double(), next_ts[:, cols])
+        fit_values = self._linear_values if self.value_fn is None else self._mlp_values
+        values, next_values = fit_values(feats, ts, next_feats, next_ts, rets)
         adv, _ = gae(roll.rewards.double(), values, next_values, roll.terminated, trunc, c.gamma, c.gae_lambda)
 
         def by_task(x: Tensor) -> Tensor:  # [H, N, ...] -> [T, r * H, ...]
@@ -381,6 +387,47 @@ class MBMPO:
         ep_ret = float(np.mean(roll.episode_returns)) if roll.episode_returns else float("nan")
         return TaskBatch(by_task(feats), by_task(roll.actions), by_task(roll.extras["log_prob"]), adv_t,
                          None, ep_ret)
+
+    def _linear_values(self, feats: Tensor, ts: Tensor, next_feats: Tensor, next_ts: Tensor,
+                       rets: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-task linear feature baselines fitted on each task's returns (rllab, MB-MPO).
+        Inputs ``[H, N, ...]``; returns ``(V(s_t), V(s_{t+1}))``, both ``[H, N]``."""
+        r = self.config.rollouts_per_task
+        values = torch.empty_like(rets)
+        next_values = torch.empty_like(rets)
+        for t in range(self.config.meta_batch_size):
+            cols = slice(t * r, (t + 1) * r)
+            base = LinearFeatureBaseline(feats.shape[-1])
+            base.fit(feats[:, cols].reshape(-1, feats.shape[-1]).double(), ts[:, cols].reshape(-1),
+                     rets[:, cols].reshape(-1))
+            values[:, cols] = base(feats[:, cols].double(), ts[:, cols])
+            next_values[:, cols] = base(next_feats[:, cols].double(), next_ts[:, cols])
+        return values, next_values
+
+    def _mlp_values(self, feats: Tensor, ts: Tensor, next_feats: Tensor, next_ts: Tensor,
+                    rets: Tensor) -> tuple[Tensor, Tensor]:
+        """One MLP value function on (features, t / horizon), refit on this batch's returns."""
+        c = self.config
+        assert self.value_fn is not None and self.value_optimizer is not None
+
+        def inputs(f: Tensor, t: Tensor) -> Tensor:
+            return torch.cat([f, (t.float() / c.imagined_horizon).unsqueeze(-1)], -1)
+
+        x = inputs(feats, ts).reshape(-1, feats.shape[-1] + 1)
+        y = rets.float().reshape(-1)
+        with torch.enable_grad():  # callers may sample under no_grad
+            for _ in range(c.baseline_epochs):
+                perm = torch.randperm(x.shape[0], generator=self.generator)
+                for i in range(0, x.shape[0], 1024):
+                    idx = perm[i : i + 1024]
+                    loss = 0.5 * (self.value_fn(x[idx]) - y[idx]).pow(2).mean()
+                    self.value_optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.value_optimizer.step()
+        with torch.no_grad():
+            values = self.value_fn(x).reshape(rets.shape).double()
+            next_values = self.value_fn(inputs(next_feats, next_ts)).double()
+        return values, next_values
 
     def _adapt_all(self, pre: TaskBatch, create_graph: bool) -> dict[str, Tensor]:
         c = self.config
@@ -561,6 +608,8 @@ class MBMPO:
             "init_states": self.init_states,
             "collect_params": self.collect_params or {},
             "outer_optimizer": self.outer_optimizer.state_dict() if self.outer_optimizer else {},
+            "value_fn": self.value_fn.state_dict() if self.value_fn is not None else {},
+            "value_optimizer": self.value_optimizer.state_dict() if self.value_optimizer else {},
             "generator": self.generator.get_state(),
             "counters": {"num_timesteps": self.num_timesteps, "iteration": self.iteration,
                          "wall_time": self.wall_time, "last_eval_step": self._last_eval_step},
@@ -581,6 +630,9 @@ class MBMPO:
                         v.copy_(state["inner_lr"][n])
             if self.outer_optimizer is not None:
                 self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+            if self.value_fn is not None and self.value_optimizer is not None:
+                self.value_fn.load_state_dict(state["value_fn"])
+                self.value_optimizer.load_state_dict(state["value_optimizer"])
             self.generator.set_state(state["generator"])
             cnt = state["counters"]
         except (KeyError, RuntimeError, ValueError) as exc:

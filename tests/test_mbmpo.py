@@ -61,8 +61,9 @@ def test_learns_point_mass_end_to_end():
     assert after > -8.0 > before, (before, after)
 
 
-def test_first_order_and_ppo_outer_and_learned_inner_lr_run():
-    for kw in (dict(first_order=True), dict(outer="ppo", outer_epochs=2), dict(learn_inner_lr=True)):
+def test_first_order_ppo_outer_learned_inner_lr_and_mlp_baseline_run():
+    for kw in (dict(first_order=True), dict(outer="ppo", outer_epochs=2), dict(learn_inner_lr=True),
+               dict(baseline="mlp", baseline_epochs=1)):
         algo = MBMPO(pm_config(num_meta_steps=1, **kw), console=False)
         algo.learn(150)
         assert torch.isfinite(flat(algo)).all()
