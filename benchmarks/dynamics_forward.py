@@ -108,11 +108,35 @@ def bench(hidden, rows: int) -> dict:
     return out
 
 
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, hidden in zip(axes, ((512, 512), (200, 200, 200, 200))):
+        rs = [r for r in results if tuple(r["hidden"]) == hidden]
+        xs = range(len(rs))
+        for j, name in enumerate(("loop", "batched_bmm", "vmap")):
+            ax.bar([x + 0.27 * (j - 1) for x in xs], [r[name]["steps_per_s"] / 1e3 for r in rs], 0.27, label=name)
+        ax.set_xticks(list(xs), [f"{r['rows'] // 1000}k rows" for r in rs])
+        ax.set_ylabel("imagined steps / s (thousands)")
+        ax.set_title(f"K=5 x {hidden}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "dynamics_forward.png", dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dynamics_forward"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from results.json")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads((Path(args.out) / "results.json").read_text())["results"], Path(args.out))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +151,7 @@ def main() -> None:
                      for n in ("loop", "batched_bmm", "vmap")]
             print(f"| {hidden} | {rows} | " + " | ".join(cells) + f" | {r['mm_gflops']:.1f} |", flush=True)
     (out / "results.json").write_text(json.dumps({"threads": args.threads, "results": results}, indent=1))
+    plot(results, out)
 
 
 if __name__ == "__main__":
