@@ -39,7 +39,16 @@ from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, 
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
-from mbmpo.runner import evaluation_due, load_algorithm, record_evaluation, run_training
+from mbmpo.runner import (
+    counters,
+    eval_env,
+    eval_seed,
+    evaluation_due,
+    load_algorithm,
+    record_evaluation,
+    restore_counters,
+    run_training,
+)
 from mbmpo.sampler import collect
 from mbmpo.trpo import trpo_step
 from policies import GaussianMLPPolicy, LinearFeatureBaseline, MLPValue
@@ -577,11 +586,7 @@ class MBMPO:
         """Full real episodes (not training samples) of the pre-update policy, or of the
         adapted policies (episode i uses task i % meta_batch_size)."""
         c = self.config
-        if self._eval_env is None or self._eval_env.num_envs != num_episodes:
-            if self._eval_env is not None:
-                self._eval_env.close()
-            self._eval_env = GymVecEnv(c.env_id, num_episodes, seed=c.seed + 1_000_003,
-                                       env_kwargs=self.env_kwargs, dtype=torch.float64)
+        env = eval_env(self, num_episodes, env_kwargs=self.env_kwargs, dtype=torch.float64)
         row_task = torch.arange(num_episodes) % c.meta_batch_size
 
         def act(obs: Tensor) -> Tensor:
@@ -592,7 +597,7 @@ class MBMPO:
                 d = self.policy(f)
             return d.mode() if deterministic else d.sample(self.generator)
 
-        return evaluate_episodes(self._eval_env, act, seed=c.seed + 1_000_003 + 7919 * self.iteration)
+        return evaluate_episodes(env, act, seed=eval_seed(self))
 
     # ----- persistence ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -611,8 +616,7 @@ class MBMPO:
             "value_fn": self.value_fn.state_dict() if self.value_fn is not None else {},
             "value_optimizer": self.value_optimizer.state_dict() if self.value_optimizer else {},
             "generator": self.generator.get_state(),
-            "counters": {"num_timesteps": self.num_timesteps, "iteration": self.iteration,
-                         "wall_time": self.wall_time, "last_eval_step": self._last_eval_step},
+            "counters": counters(self),
         }
 
     def save(self, path: str | Path) -> None:
@@ -640,10 +644,7 @@ class MBMPO:
             raise CheckpointError(f"{source} does not match this mbmpo setup: {first}") from None
         self.init_states = state["init_states"]
         self.collect_params = dict(state["collect_params"]) or None
-        self.num_timesteps = int(cnt["num_timesteps"])
-        self.iteration = int(cnt["iteration"])
-        self.wall_time = float(cnt["wall_time"])
-        self._last_eval_step = int(cnt["last_eval_step"])
+        restore_counters(self, cnt)
 
     @classmethod
     def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,

@@ -23,7 +23,16 @@ from mbmpo.envs import GymVecEnv, VecNormalize, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
 from mbmpo.logger import Logger
 from mbmpo.returns import gae
-from mbmpo.runner import evaluation_due, load_algorithm, record_evaluation, run_training
+from mbmpo.runner import (
+    counters,
+    eval_env,
+    eval_seed,
+    evaluation_due,
+    load_algorithm,
+    record_evaluation,
+    restore_counters,
+    run_training,
+)
 from mbmpo.sampler import collect
 from policies import MLPValue, make_policy
 
@@ -203,19 +212,13 @@ class OnPolicyAlgorithm:
         These steps are never counted as training steps; observation normalization uses
         the frozen training statistics.
         """
-        c = self.config
-        if self._eval_env is None or self._eval_env.num_envs != num_episodes:
-            if self._eval_env is not None:
-                self._eval_env.close()
-            self._eval_env = GymVecEnv(c.env_id, num_episodes, seed=c.seed + 1_000_003,
-                                       env_kwargs=c.env_kwargs, device=self.device)
+        env = eval_env(self, num_episodes, env_kwargs=self.config.env_kwargs, device=self.device)
 
         def act(obs: Tensor) -> Tensor:
             dist = self.policy(obs)
             return dist.mode() if deterministic else dist.sample(self.generator)
 
-        seed = c.seed + 1_000_003 + 7919 * self.iteration
-        return evaluate_episodes(self._eval_env, act, self.env.normalize_obs, seed=seed)
+        return evaluate_episodes(env, act, self.env.normalize_obs, seed=eval_seed(self))
 
     # ----- persistence ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -227,8 +230,7 @@ class OnPolicyAlgorithm:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
             "env_normalizer": self.env.state_dict(),
             "generator": self.generator.get_state(),
-            "counters": {"num_timesteps": self.num_timesteps, "iteration": self.iteration,
-                         "wall_time": self.wall_time, "last_eval_step": self._last_eval_step},
+            "counters": counters(self),
             "extra": self.extra_state(),
         }
 
@@ -250,10 +252,7 @@ class OnPolicyAlgorithm:
         except (KeyError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{source} does not match this {self.algo_name} setup: {first}") from None
-        self.num_timesteps = int(cnt["num_timesteps"])
-        self.iteration = int(cnt["iteration"])
-        self.wall_time = float(cnt["wall_time"])
-        self._last_eval_step = int(cnt["last_eval_step"])
+        restore_counters(self, cnt)
 
     @classmethod
     def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,

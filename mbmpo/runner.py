@@ -65,3 +65,35 @@ def load_algorithm(cls: Any, path: str | Path, out_dir: str | Path | None, conso
     algo = cls(config, out_dir=out_dir, console=console)
     algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
     return algo
+
+
+def eval_env(algo: Any, num_episodes: int, **env_kwargs: Any) -> Any:
+    """``algo``'s evaluation env with ``num_episodes`` copies (made once, reused), seeded
+    apart from the training env so evaluation never replays training episodes."""
+    from mbmpo.envs import GymVecEnv
+
+    env = algo._eval_env
+    if env is None or env.num_envs != num_episodes:
+        if env is not None:
+            env.close()
+        env = algo._eval_env = GymVecEnv(algo.config.env_id, num_episodes,
+                                         seed=algo.config.seed + 1_000_003, **env_kwargs)
+    return env
+
+
+def eval_seed(algo: Any) -> int:
+    """Reset seed of an evaluation: fixed per iteration, different across iterations."""
+    return algo.config.seed + 1_000_003 + 7919 * algo.iteration
+
+
+def counters(algo: Any) -> dict[str, float | int]:
+    """The run counters a checkpoint stores."""
+    return {"num_timesteps": algo.num_timesteps, "iteration": algo.iteration,
+            "wall_time": algo.wall_time, "last_eval_step": algo._last_eval_step}
+
+
+def restore_counters(algo: Any, cnt: dict[str, Any]) -> None:
+    algo.num_timesteps = int(cnt["num_timesteps"])
+    algo.iteration = int(cnt["iteration"])
+    algo.wall_time = float(cnt["wall_time"])
+    algo._last_eval_step = int(cnt["last_eval_step"])
