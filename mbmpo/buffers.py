@@ -54,12 +54,6 @@ class Rollout:
     def dones(self) -> Tensor:
         return self.terminated | self.truncated
 
-    def to(self, device: torch.device | str) -> Rollout:
-        move = {k: getattr(self, k).to(device) for k in
-                ("obs", "actions", "rewards", "terminated", "truncated", "next_obs", "timesteps")}
-        return Rollout(**move, extras={k: v.to(device) for k, v in self.extras.items()},
-                       episode_returns=self.episode_returns, episode_lengths=self.episode_lengths,
-                       last_obs=self.last_obs, last_timesteps=self.last_timesteps)
 
 
 class TransitionDataset:
@@ -98,9 +92,6 @@ class TransitionDataset:
             store[idx] = c.to(store.dtype)
         self.ptr = (self.ptr + b) % self.capacity
         self.size = min(self.capacity, self.size + b)
-
-    def add_rollout(self, rollout: Rollout) -> None:
-        self.add(rollout.obs, rollout.actions, rollout.next_obs, rollout.rewards, rollout.terminated)
 
     def arrays(self) -> dict[str, Tensor]:
         """The stored rows, oldest first."""

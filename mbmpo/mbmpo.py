@@ -226,6 +226,8 @@ class MBMPO:
                              vectorization=c.vectorization, dtype=torch.float64)
         check_spaces(self.env.single_observation_space, self.env.single_action_space, need_box_actions=True)
         self.action_space = self.env.single_action_space
+        self._act_low = torch.as_tensor(self.action_space.low, dtype=torch.float32)
+        self._act_high = torch.as_tensor(self.action_space.high, dtype=torch.float32)
         self.obs_dim = self.env.single_observation_space.shape[0]
         self.act_dim = self.action_space.shape[0]
         self.num_position_dims = self.reward_fn.num_position_dims if self.reward_fn else 0
@@ -252,8 +254,10 @@ class MBMPO:
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity)
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.fit_config = FitConfig(c.model_learning_rate, c.model_batch_size, c.model_max_epochs,
-                                    c.model_val_fraction, c.model_bootstrap, c.model_early_stop_ema)
+        self.fit_config = FitConfig(
+            learning_rate=c.model_learning_rate, batch_size=c.model_batch_size,
+            max_epochs=c.model_max_epochs, val_fraction=c.model_val_fraction,
+            bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema)
         self.outer_optimizer = None
         if c.outer == "ppo":
             self.outer_optimizer = torch.optim.Adam(self.outer_params(), lr=c.outer_learning_rate)
@@ -314,10 +318,8 @@ class MBMPO:
         return fn
 
     def _random_policy_fn(self, obs: Tensor):
-        low = torch.as_tensor(self.action_space.low, dtype=torch.float32)
-        high = torch.as_tensor(self.action_space.high, dtype=torch.float32)
         u = torch.rand((obs.shape[0], self.act_dim), generator=self.generator)
-        return low + u * (high - low), {}
+        return self._act_low + u * (self._act_high - self._act_low), {}
 
     # ----- real data and models ----------------------------------------------------------
     def _collect_real(self) -> Rollout:
@@ -336,10 +338,8 @@ class MBMPO:
         self._obs, self._ts = roll.last_obs, roll.last_timesteps
         if bool(roll.dones[-1].all()):
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
-        low = torch.as_tensor(self.action_space.low, dtype=roll.actions.dtype)
-        high = torch.as_tensor(self.action_space.high, dtype=roll.actions.dtype)
         # the models learn from the action the env applied (imagined steps clip the same way)
-        applied = torch.max(torch.min(roll.actions, high), low)
+        applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
         self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated)
         starts = roll.obs[roll.timesteps == 0]
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]

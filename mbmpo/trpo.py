@@ -7,6 +7,7 @@ MB-MPO's outer step (whose surrogate flows through the inner adaptation step) sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -113,8 +114,7 @@ def line_search(
         with ctx():
             surr_val = float(surrogate_fn().detach())
             kl_val = float(kl_fn().detach())
-        finite = torch.isfinite(torch.tensor([surr_val, kl_val])).all()
-        if finite and kl_val <= max_kl and surr_val > surrogate_before:
+        if math.isfinite(surr_val) and math.isfinite(kl_val) and kl_val <= max_kl and surr_val > surrogate_before:
             return TRPOStepInfo(True, frac, surrogate_before, surr_val,
                                 expected_improve * frac, kl_val, i)
     set_flat_params_(params, old)

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tyro  # noqa: E402
 
 from mbmpo import ALGORITHMS  # noqa: E402
-from mbmpo.checkpoint import resolve_checkpoint_path  # noqa: E402
 from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
 from mbmpo.errors import ConfigError  # noqa: E402
 from mbmpo.plotting import plot_runs  # noqa: E402
@@ -95,7 +94,7 @@ def resume(args: argparse.Namespace, rest: list[str]) -> int:
     overrides = {"device": args.device} if args.device else {}
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
-    algo = algo_cls.load(resolve_checkpoint_path(run_dir), out_dir=run_dir, **overrides)
+    algo = algo_cls.load(run_dir, out_dir=run_dir, **overrides)
     try:
         algo.learn(algo.config.total_steps)
     finally:
