@@ -1,4 +1,4 @@
-"""Rollout storage for on-policy algorithms."""
+"""Rollout storage for on-policy algorithms; transition stores (FIFO data set, replay memory)."""
 
 from __future__ import annotations
 
@@ -59,17 +59,18 @@ class Rollout:
 class TransitionDataset:
     """FIFO store of real transitions ``(obs, act, next_obs, reward, terminated)``.
 
-    Holds at most ``capacity`` rows (oldest dropped first). ``state_dict`` /
+    Holds at most ``capacity`` rows (oldest dropped first); ``act_dtype`` int64 stores
+    discrete action indices (:class:`ReplayBuffer`). ``state_dict`` /
     ``load_state_dict`` put the data in checkpoints so a resumed run loses none of it.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int = 100_000,
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, act_dtype: torch.dtype = torch.float32):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.obs = torch.zeros(capacity, obs_dim, dtype=dtype)
-        self.act = torch.zeros(capacity, act_dim, dtype=torch.float32)
+        self.act = torch.zeros(capacity, act_dim, dtype=act_dtype)
         self.next_obs = torch.zeros(capacity, obs_dim, dtype=dtype)
         self.reward = torch.zeros(capacity, dtype=dtype)
         self.terminated = torch.zeros(capacity, dtype=torch.bool)
@@ -108,3 +109,33 @@ class TransitionDataset:
                              f"{state['obs'].shape[1]} vs {self.capacity}, {self.obs.shape[1]}")
         self.ptr = self.size = 0
         self.add(state["obs"], state["act"], state["next_obs"], state["reward"], state["terminated"])
+
+
+class ReplayBuffer(TransitionDataset):
+    """Uniform experience replay (DQN / Gorila): the FIFO store of :class:`TransitionDataset`
+    with discrete actions ``[B, num_heads]`` (int64) and float32 observations, plus sampling.
+
+    A row is ``(obs, act, next_obs, reward, terminated)``; ``next_obs`` is the final
+    observation at a time-limit truncation and ``terminated`` is False there, so the TD
+    target bootstraps through truncations.
+    """
+
+    def __init__(self, obs_dim: int, num_heads: int = 1, capacity: int = 100_000):
+        super().__init__(obs_dim, num_heads, capacity, dtype=torch.float32, act_dtype=torch.int64)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``batch_size`` rows drawn uniformly with replacement (``obs [B, obs_dim]``,
+        ``act [B, num_heads]``, ``next_obs``, ``reward [B]``, ``terminated [B]``)."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(self.size, (batch_size,), generator=generator)
+        # rows 0..size-1 are all valid whether or not the ring has wrapped
+        return {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
+                "reward": self.reward[idx], "terminated": self.terminated[idx]}
+
+    def sample_batches(self, num_batches: int, batch_size: int,
+                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``num_batches`` independent batches stacked: each field ``[num_batches, batch_size, ...]``
+        (one remote call serves a learner's whole chunk of updates)."""
+        flat = self.sample(num_batches * batch_size, generator)
+        return {k: v.reshape(num_batches, batch_size, *v.shape[1:]) for k, v in flat.items()}

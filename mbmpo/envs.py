@@ -15,8 +15,9 @@ episodes that ended at this step.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -69,8 +70,10 @@ class MiniGridFlatObs(gym.ObservationWrapper):
         return np.concatenate([img, direction])
 
 
-def make_env_fn(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Callable[[], gym.Env]:
-    """A thunk that builds one gymnasium env, with the flattening wrapper MiniGrid needs."""
+def make_env_fn(env_id: str, env_kwargs: dict[str, Any] | None = None,
+                wrapper: Callable[[gym.Env], gym.Env] | None = None) -> Callable[[], gym.Env]:
+    """A thunk that builds one gymnasium env, with the flattening wrapper MiniGrid needs
+    and then ``wrapper`` (e.g. :func:`discretize_wrapper`) when given."""
     check_env_id(env_id)
     kwargs = dict(env_kwargs or {})
 
@@ -78,13 +81,17 @@ def make_env_fn(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Callab
         env = gym.make(env_id, **kwargs)
         if env_id.startswith("MiniGrid"):
             env = MiniGridFlatObs(env)
+        if wrapper is not None:
+            env = wrapper(env)
         return env
 
     return thunk
 
 
-def check_spaces(obs_space: gym.Space, act_space: gym.Space, need_box_actions: bool = False):
-    """Raise ConfigError unless obs is a flat Box and actions are a 1-D Box (or Discrete)."""
+def check_spaces(obs_space: gym.Space, act_space: gym.Space, need_box_actions: bool = False,
+                 allow_multi_discrete: bool = False):
+    """Raise ConfigError unless obs is a flat Box and actions are a 1-D Box (or Discrete, or
+    a 1-D MultiDiscrete when ``allow_multi_discrete``)."""
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ConfigError(
             f"observation space {obs_space} is not supported: a flat Box is needed "
@@ -93,7 +100,9 @@ def check_spaces(obs_space: gym.Space, act_space: gym.Space, need_box_actions: b
     box_act = isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
     if need_box_actions and not box_act:
         raise ConfigError(f"action space {act_space} is not supported here: a 1-D Box is needed")
-    if not box_act and not isinstance(act_space, gym.spaces.Discrete):
+    multi = (allow_multi_discrete and isinstance(act_space, gym.spaces.MultiDiscrete)
+             and len(act_space.shape) == 1)
+    if not box_act and not multi and not isinstance(act_space, gym.spaces.Discrete):
         raise ConfigError(f"action space {act_space} is not supported: allowed are 1-D Box or Discrete")
 
 
@@ -112,6 +121,8 @@ class GymVecEnv:
         device: torch device of the returned tensors.
         dtype: dtype of returned observations (float64 keeps positions exact for
             reward functions computed from observations).
+        wrapper: applied to each env copy after ``gymnasium.make`` (e.g.
+            :func:`discretize_wrapper`; then MultiDiscrete actions are allowed too).
     """
 
     def __init__(
@@ -123,10 +134,11 @@ class GymVecEnv:
         vectorization: str = "sync",
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        wrapper: Callable[[gym.Env], gym.Env] | None = None,
     ):
         if vectorization not in ("sync", "async"):
             raise ConfigError(f"vectorization {vectorization!r} is not allowed; use 'sync' or 'async'")
-        thunk = make_env_fn(env_id, env_kwargs)
+        thunk = make_env_fn(env_id, env_kwargs, wrapper)
         cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
         self.env = cls([thunk] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
         self.env_id = env_id
@@ -136,7 +148,8 @@ class GymVecEnv:
         self.dtype = dtype
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
-        check_spaces(self.single_observation_space, self.single_action_space)
+        check_spaces(self.single_observation_space, self.single_action_space,
+                     allow_multi_discrete=wrapper is not None)
         self._box = isinstance(self.single_action_space, gym.spaces.Box)
         if self._box:
             self._low = self.single_action_space.low
@@ -283,3 +296,99 @@ def evaluate_episodes(
         lengths[new] = np.asarray(ep["l"])[new]
         done |= new
     return returns, lengths
+
+
+# ----- action discretization (value-based methods such as Gorila on MuJoCo tasks) ---------
+
+FACTORIZATIONS = ("factorized", "joint")
+MAX_JOINT_ACTIONS = 4096
+"""Largest joint-product action set accepted (one Q-value per joint action)."""
+
+
+def expand_bins(bins: int | Sequence[int], act_dim: int) -> list[int]:
+    """One bin count per action dimension: an int or a length-1 sequence is repeated."""
+    counts = [int(bins)] * act_dim if isinstance(bins, int | np.integer) else [int(b) for b in bins]
+    if len(counts) == 1:
+        counts = counts * act_dim
+    if len(counts) != act_dim:
+        raise ConfigError(f"action_bins {list(counts)} must hold 1 or {act_dim} (= action dims) "
+                          "entries")
+    if any(b < 2 for b in counts):
+        raise ConfigError(f"action_bins must be >= 2 per dimension, got {counts}")
+    return counts
+
+
+def bin_values(low: np.ndarray, high: np.ndarray, bins: Sequence[int]) -> list[np.ndarray]:
+    """Per dimension ``d``: ``bins[d]`` evenly spaced values from ``low[d]`` to ``high[d]``.
+
+    Bin 0 is the lower bound, the last bin the upper bound; an odd count contains the midpoint.
+    """
+    return [np.linspace(lo, hi, b, dtype=np.float64) for lo, hi, b in zip(low, high, bins)]
+
+
+def bins_to_actions(idx: np.ndarray, values: Sequence[np.ndarray], factorization: str) -> np.ndarray:
+    """Bin indices -> continuous actions.
+
+    Args:
+        idx: ``[..., act_dim]`` one bin per dimension (``"factorized"``) or ``[...]`` one
+            joint index (``"joint"``; mixed radix, the last dimension varies fastest, as
+            ``numpy.unravel_index``).
+        values: per-dimension bin values from :func:`bin_values`.
+        factorization: ``"factorized"`` or ``"joint"``.
+
+    Returns:
+        ``[..., act_dim]`` float32 actions.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if factorization == "joint":
+        idx = np.stack(np.unravel_index(idx, [len(v) for v in values]), axis=-1)
+    return np.stack([v[idx[..., d]] for d, v in enumerate(values)], axis=-1).astype(np.float32)
+
+
+class DiscretizeActions(gym.ActionWrapper):
+    """A 1-D Box action space as a discrete one: ``bins[d]`` evenly spaced values per joint,
+    from the lower to the upper bound (:func:`bin_values`).
+
+    Two layouts (``factorization``):
+
+    * ``"joint"``: ``Discrete(prod(bins))``, every combination of joint values is one action
+      (the exact product space; only usable for few joints/bins, at most
+      ``MAX_JOINT_ACTIONS`` actions).
+    * ``"factorized"``: ``MultiDiscrete(bins)``, one index per joint. A Q-network then has one
+      head per joint (``policies.q_network.QNetwork`` with ``action_nvec = bins``) whose
+      greedy choices are made independently per joint (action branching, Tavakoli et al.
+      2018); the number of outputs grows with the sum instead of the product of the bins.
+    """
+
+    def __init__(self, env: gym.Env, bins: int | Sequence[int] = 11, factorization: str = "factorized"):
+        super().__init__(env)
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ConfigError(f"action discretization needs a 1-D Box action space, got {space}")
+        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise ConfigError(f"action discretization needs finite action bounds, got {space}")
+        if factorization not in FACTORIZATIONS:
+            raise ConfigError(f"action factorization {factorization!r} is not allowed; use one of "
+                              f"{list(FACTORIZATIONS)}")
+        self.bins = expand_bins(bins, space.shape[0])
+        self.factorization = factorization
+        self.values = bin_values(space.low, space.high, self.bins)
+        if factorization == "joint":
+            n = int(np.prod(self.bins))
+            if n > MAX_JOINT_ACTIONS:
+                raise ConfigError(f"joint action space of {' x '.join(map(str, self.bins))} = {n} "
+                                  f"actions exceeds {MAX_JOINT_ACTIONS}; use fewer action_bins or "
+                                  "action_factorization 'factorized'")
+            self.action_space = gym.spaces.Discrete(n)
+        else:
+            self.action_space = gym.spaces.MultiDiscrete(self.bins)
+
+    def action(self, action: Any) -> np.ndarray:
+        return bins_to_actions(np.asarray(action), self.values, self.factorization)
+
+
+def discretize_wrapper(bins: int | Sequence[int], factorization: str = "factorized"
+                       ) -> Callable[[gym.Env], gym.Env]:
+    """A picklable ``env -> DiscretizeActions(env, bins, factorization)`` for :func:`make_env_fn`."""
+    return functools.partial(DiscretizeActions, bins=tuple(bins) if not isinstance(bins, int) else bins,
+                             factorization=factorization)

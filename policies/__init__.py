@@ -11,6 +11,7 @@ from policies.categorical import CategoricalMLPPolicy
 from policies.distributions import Categorical, DiagGaussian, Distribution
 from policies.gaussian_mlp import GaussianMLPPolicy
 from policies.mlp import mlp
+from policies.q_network import QNetwork
 from policies.value import LinearFeatureBaseline, MLPValue
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "GaussianMLPPolicy",
     "LinearFeatureBaseline",
     "MLPValue",
+    "QNetwork",
     "make_policy",
     "mlp",
 ]

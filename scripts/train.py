@@ -3,6 +3,7 @@
     python scripts/train.py --algo ppo --env HalfCheetah-v5 --total-steps 200000 --seed 0 \
         --out runs/ppo_hc [--preset scripts/configs/halfcheetah_ppo.yaml] [--learning-rate 1e-4 ...]
     python scripts/train.py --resume runs/ppo_hc [--total-steps 400000]
+    python scripts/train.py --algo gorila --env CartPole-v1 --actors 2 --learners 1 --out runs/gorila_cp
 
 Any config field can be overridden after the fixed flags (``--help-config`` lists them).
 Writes ``config.yaml``, ``progress.csv``, ``tb/``, ``checkpoints/last.pt`` and
@@ -37,6 +38,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--actors", type=int, help="gorila: acting processes (num_actors)")
+    p.add_argument("--learners", type=int, help="gorila: learner processes (num_learners)")
     p.add_argument("--help-config", action="store_true", help="list every config field and exit")
     return p.parse_known_args(argv)
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"unknown algo {algo_name!r}; allowed: {sorted(ALGORITHMS)}")
     algo_cls, cfg_cls = ALGORITHMS[algo_name]
     for key, val in (("env_id", args.env), ("total_steps", args.total_steps), ("seed", args.seed),
-                     ("device", args.device)):
+                     ("device", args.device), ("num_actors", args.actors),
+                     ("num_learners", args.learners)):
         if val is not None:
             preset[key] = val
     base = config_from_dict(cfg_cls, preset, source=args.preset or "command line")
