@@ -23,6 +23,7 @@ from mbmpo.baselines.gorila_core import (
     LossFilter,
     ParamClient,
     ParameterServer,
+    ReplayMemory,
     adagrad_update,
     dqn_loss,
     initial_server_states,
@@ -251,6 +252,10 @@ def test_replay_buffer_fifo_sampling_and_state():
     other = ReplayBuffer(obs_dim=2, num_heads=1, capacity=5)
     other.load_state_dict(buf.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(other.arrays().values(), buf.arrays().values()))
+    # the memory a process serves to learners: None until it holds a full batch
+    mem = ReplayMemory(obs_dim=2, num_heads=1, capacity=5, seed=0)
+    mem.add(*rows(0, 3))
+    assert mem.sample_batches(2, 4) is None and mem.sample_batches(2, 3)["obs"].shape == (2, 3, 2)
 
 
 # ----- config, checkpoints and the pieces without Ray ---------------------------------------

@@ -24,9 +24,11 @@ mbmpo`` never imports it; loading a checkpoint to evaluate or predict needs no R
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,10 +244,37 @@ def init_ray(num_cpus: int = 0) -> bool:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, path]) if path else root
     if os.environ.get("RAY_ADDRESS"):
         ray.init(include_dashboard=False, logging_level="warning")
-    else:
+        return True
+    with _local_http_only():
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level="warning")
     return True
+
+
+@contextlib.contextmanager
+def _local_http_only():
+    """Environment for the Ray daemons started inside: HTTP(S) through a closed loopback port.
+
+    Even with usage stats disabled and no dashboard, Ray 2.x starts a dashboard process whose
+    usage-stats module probes cloud metadata endpoints (169.254.169.254,
+    metadata.google.internal) at startup (measured here with strace). With this proxy those
+    requests fail on 127.0.0.1 and no packet leaves the machine; loopback traffic between
+    Ray's own processes is exempt (NO_PROXY). The caller's environment is restored afterwards.
+    """
+    proxy = "http://127.0.0.1:9"  # discard port: nothing listens, requests fail at once
+    local = "127.0.0.1,localhost,::1"
+    keys = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+            "NO_PROXY": local, "no_proxy": local}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ----- the driver ------------------------------------------------------------------------------
@@ -325,6 +354,7 @@ class Gorila:
         self._waiting: set[str] = set()  # learners whose replay was not ready yet
         self._acc: dict[str, Any] = self._fresh_acc()
         self._server_pids: list[int] = []
+        self._client: ParamClient | None = None
 
     # ----- acting -----------------------------------------------------------------------------
     def _normalize(self, obs: Tensor) -> Tensor:
@@ -376,13 +406,15 @@ class Gorila:
         c = self.config
         ray = self._ray = require_ray()
         self._owns_ray = init_ray(c.ray_num_cpus)
+        prefix = f"gorila-{uuid.uuid4().hex[:8]}"  # actor names of this run
         restore = str(self.out_dir / "checkpoints" / "last.pt") if self.out_dir is not None else None
-        server_cls = ray.remote(ParameterServer).options(num_cpus=c.cpus_per_worker, max_restarts=-1,
-                                                         max_task_retries=-1)
-        self._servers = [server_cls.remote(st, c.learning_rate, c.adagrad_eps, c.max_staleness,
-                                           restore, i) for i, st in enumerate(self._server_states)]
-        sizes = shard_sizes(self.num_params, c.num_param_shards)
-        client = ParamClient(self._servers, sizes, remote=True)
+        server_cls = ray.remote(ParameterServer)
+        names = [f"{prefix}-server{i}" for i in range(c.num_param_shards)]
+        self._servers = [server_cls.options(name=n, num_cpus=c.cpus_per_worker, max_restarts=-1,
+                                            max_task_retries=-1).remote(
+            st, c.learning_rate, c.adagrad_eps, c.max_staleness, restore, i)
+            for i, (n, st) in enumerate(zip(names, self._server_states))]
+        client = ParamClient(names, shard_sizes(self.num_params, c.num_param_shards), remote=True)
         opts = dict(num_cpus=c.cpus_per_worker, max_restarts=c.max_restarts,
                     max_task_retries=c.max_restarts)
 
@@ -390,27 +422,30 @@ class Gorila:
             return self._replay_states[i] if i < len(self._replay_states) else None
 
         if c.mode == "bundled":
-            bundle_cls = ray.remote(BundleCore).options(**opts)
+            bundle_cls = ray.remote(BundleCore)
             for i in range(c.num_actors):
-                self._workers[f"bundle{i}"] = bundle_cls.remote(self.spec, i, client, replay_state(i))
+                self._workers[f"bundle{i}"] = bundle_cls.options(name=f"{prefix}-bundle{i}", **opts).remote(
+                    self.spec, i, client, replay_state(i))
         else:
+            replay_name = f"{prefix}-replay"
             if c.replay == "global":
                 self._replay_actor = ray.remote(ReplayMemory).options(
-                    num_cpus=c.cpus_per_worker, max_restarts=c.max_restarts,
-                    max_task_retries=c.max_restarts, max_concurrency=4,
+                    name=replay_name, max_concurrency=4, **opts,
                 ).remote(self.obs_dim, len(self.spec.action_nvec), c.replay_capacity, c.seed + 999,
                          replay_state(0))
             # threaded: a local memory serves learners' samples while the actor steps its envs
-            actor_cls = ray.remote(ActorCore).options(**opts, max_concurrency=4)
-            learner_cls = ray.remote(LearnerCore).options(**opts)
-            actors = []
+            actor_cls = ray.remote(ActorCore)
+            learner_cls = ray.remote(LearnerCore)
             for i in range(c.num_actors):
-                target = RemoteReplay(self._replay_actor) if self._replay_actor is not None else None
-                actors.append(actor_cls.remote(self.spec, i, client, target, replay_state(i)))
-                self._workers[f"actor{i}"] = actors[-1]
+                target = RemoteReplay(replay_name) if c.replay == "global" else None
+                self._workers[f"actor{i}"] = actor_cls.options(
+                    name=f"{prefix}-actor{i}", max_concurrency=4, **opts,
+                ).remote(self.spec, i, client, target, replay_state(i))
             for j in range(c.num_learners):
-                source = self._replay_actor if self._replay_actor is not None else actors[j % c.num_actors]
-                self._workers[f"learner{j}"] = learner_cls.remote(self.spec, j, client, RemoteReplay(source))
+                source = replay_name if c.replay == "global" else f"{prefix}-actor{j % c.num_actors}"
+                self._workers[f"learner{j}"] = learner_cls.options(name=f"{prefix}-learner{j}", **opts).remote(
+                    self.spec, j, client, RemoteReplay(source))
+        self._client = client
         self._server_pids = [s["pid"] for s in ray.get([s.stats.remote() for s in self._servers])]
 
     def _stop(self) -> None:
@@ -433,8 +468,7 @@ class Gorila:
     def _sync_local(self) -> None:
         """Copy the server's parameters (and observation statistics) into the local network."""
         if self.running:
-            _, flat, obs_stats = ParamClient(self._servers, shard_sizes(self.num_params, len(self._servers)),
-                                             remote=True).pull()
+            _, flat, obs_stats = self._client.pull()
         else:
             flat = torch.cat([s["params"] for s in self._server_states])
             obs_stats = self._server_states[0].get("obs_rms")

@@ -282,18 +282,41 @@ class ParameterServer:
             self.obs_rms.load_state_dict(state["obs_rms"])
 
 
+def named_actor(name_or_handle: Any) -> Any:
+    """A Ray actor handle from its name (handles pass through).
+
+    Processes get each other's names, not handles, as constructor arguments: Ray keeps
+    handle arguments of restartable actors in the object store and warns about it.
+    """
+    if not isinstance(name_or_handle, str):
+        return name_or_handle
+    import ray
+
+    return ray.get_actor(name_or_handle)
+
+
 class ParamClient:
     """Pull/push the full flat parameter vector from/to the server shards.
 
-    ``shards`` are :class:`ParameterServer` objects (in-process) or their Ray actor handles
-    (``remote=True``). A pull returns one version per shard; a push sends each shard its
-    slice of the gradient with that shard's version.
+    ``shards`` are :class:`ParameterServer` objects (in-process) or, with ``remote=True``,
+    the names (or handles) of their Ray actors. A pull returns one version per shard; a push
+    sends each shard its slice of the gradient with that shard's version.
     """
 
     def __init__(self, shards: Sequence[Any], sizes: Sequence[int], remote: bool):
-        self.shards = list(shards)
+        self._refs = list(shards)
+        self._shards: list[Any] | None = None if remote else self._refs
         self.sizes = list(sizes)
         self.remote = remote
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_shards": None if self.remote else self._shards}
+
+    @property
+    def shards(self) -> list[Any]:
+        if self._shards is None:
+            self._shards = [named_actor(s) for s in self._refs]
+        return self._shards
 
     def _call(self, shard: Any, method: str, *args: Any) -> Any:
         return getattr(shard, method).remote(*args) if self.remote else getattr(shard, method)(*args)
@@ -362,8 +385,12 @@ class ReplayMemory:
     def size(self) -> int:
         return len(self.buffer)
 
-    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor]:
+    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor] | None:
+        """``num_batches`` stacked batches, or None while the memory holds fewer than
+        ``batch_size`` rows (e.g. just after its process was restarted)."""
         with self.lock:
+            if len(self.buffer) < batch_size:
+                return None
             return self.buffer.sample_batches(num_batches, batch_size, self.generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -376,12 +403,23 @@ class ReplayMemory:
 
 
 class RemoteReplay:
-    """The :class:`ReplayMemory` interface over a Ray actor handle exposing ``add``, ``size``
-    and ``sample_batches`` (the global replay actor or an acting process's local memory)."""
+    """The :class:`ReplayMemory` interface over a Ray actor (name or handle) exposing ``add``,
+    ``size`` and ``sample_batches`` (the global replay actor or an acting process's local
+    memory)."""
 
-    def __init__(self, handle: Any):
-        self.handle = handle
+    def __init__(self, actor: Any):
+        self.actor = actor
+        self._handle: Any = None
         self._last_add: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"actor": self.actor, "_handle": None, "_last_add": None}
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            self._handle = named_actor(self.actor)
+        return self._handle
 
     def add(self, *cols: Tensor) -> None:
         import ray
@@ -396,7 +434,7 @@ class RemoteReplay:
 
         return int(ray.get(self.handle.size.remote()))
 
-    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor]:
+    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor] | None:
         import ray
 
         return ray.get(self.handle.sample_batches.remote(num_batches, batch_size))
@@ -503,7 +541,7 @@ class ActorCore:
     def size(self) -> int:
         return self.replay.size()
 
-    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor]:
+    def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor] | None:
         return self.replay.sample_batches(num_batches, batch_size)
 
     def replay_state(self) -> dict[str, Any] | None:
@@ -531,20 +569,17 @@ class LearnerCore:
         self._target_version: int | None = None
         self.num_target_updates = 0
 
-    def ready(self) -> bool:
-        return self.replay.size() >= self.spec.config.batch_size
-
     def learn(self, num_updates: int) -> dict[str, Any]:
         """``num_updates`` gradient computations (fewer pushes when losses are dropped)."""
         c = self.spec.config
         out: dict[str, Any] = {"updates": 0, "pushed": 0, "applied": 0, "dropped_stale": 0,
                                "dropped_outlier": 0, "loss_sum": 0.0, "q_sum": 0.0,
                                "pid": os.getpid(), "restarted": self.restarted}
-        if not self.ready():
-            out["ready"] = False
-            return out
-        out["ready"] = True
+        # one round trip: None while the memory is too small (e.g. its actor just restarted)
         batches = self.replay.sample_batches(num_updates, c.batch_size)
+        out["ready"] = batches is not None
+        if batches is None:
+            return out
         params = list(self.net.parameters())
         applied: list[bool] = []
         pulled = None
