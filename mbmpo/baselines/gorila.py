@@ -617,11 +617,14 @@ class Gorila:
 
     def _drain(self) -> None:
         """At the end of the budget: let learners finish the updates the ratio owes for the
-        steps taken, then wait for everything in flight."""
-        self._submit()
+        steps taken (with a ratio), then wait for everything in flight."""
+        catch_up = self.config.updates_per_step > 0  # else learners would never stop
+        if catch_up:
+            self._submit()
         while self._pending:
             self._wait_one()
-            self._submit()
+            if catch_up:
+                self._submit()
 
     def _check_servers(self) -> dict[str, Any]:
         stats = self._ray.get([s.stats.remote() for s in self._servers])
