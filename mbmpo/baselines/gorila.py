@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from mbmpo.baselines.gorila_core import (
     ActorCore,
     BundleCore,
+    ByRef,
     LearnerCore,
     ParamClient,
     ParameterServer,
@@ -355,6 +356,7 @@ class Gorila:
         self._acc: dict[str, Any] = self._fresh_acc()
         self._server_pids: list[int] = []
         self._client: ParamClient | None = None
+        self._arg_refs: list[Any] = []
 
     # ----- acting -----------------------------------------------------------------------------
     def _normalize(self, obs: Tensor) -> Tensor:
@@ -410,16 +412,21 @@ class Gorila:
         restore = str(self.out_dir / "checkpoints" / "last.pt") if self.out_dir is not None else None
         server_cls = ray.remote(ParameterServer)
         names = [f"{prefix}-server{i}" for i in range(c.num_param_shards)]
+        # large arguments by reference, kept alive here for restarts
+        self._arg_refs = [ByRef(ray.put(st)) for st in self._server_states]
         self._servers = [server_cls.options(name=n, num_cpus=c.cpus_per_worker, max_restarts=-1,
                                             max_task_retries=-1).remote(
             st, c.learning_rate, c.adagrad_eps, c.max_staleness, restore, i)
-            for i, (n, st) in enumerate(zip(names, self._server_states))]
+            for i, (n, st) in enumerate(zip(names, self._arg_refs))]
         client = ParamClient(names, shard_sizes(self.num_params, c.num_param_shards), remote=True)
         opts = dict(num_cpus=c.cpus_per_worker, max_restarts=c.max_restarts,
                     max_task_retries=c.max_restarts)
 
-        def replay_state(i: int) -> dict[str, Any] | None:
-            return self._replay_states[i] if i < len(self._replay_states) else None
+        def replay_state(i: int) -> ByRef | None:
+            if i >= len(self._replay_states) or self._replay_states[i] is None:
+                return None
+            self._arg_refs.append(ByRef(ray.put(self._replay_states[i])))
+            return self._arg_refs[-1]
 
         if c.mode == "bundled":
             bundle_cls = ray.remote(BundleCore)
@@ -461,6 +468,7 @@ class Gorila:
         self._servers = []
         self._replay_actor = None
         self._pending.clear()
+        self._arg_refs = []
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False

@@ -144,6 +144,25 @@ def _as_tensor(x: Tensor | np.ndarray, dtype: torch.dtype) -> Tensor:
         else x.to(dtype)
 
 
+@dataclass
+class ByRef:
+    """A large constructor argument (shard state, replay contents) held in Ray's object store
+    by the driver and fetched by the process. Nested in this wrapper, Ray does not count it
+    as an object-store argument of a restartable actor; the driver keeps ``ref`` alive for
+    restarts."""
+
+    ref: Any
+
+    def get(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
+def _resolve(arg: Any) -> Any:
+    return arg.get() if isinstance(arg, ByRef) else arg
+
+
 def shard_sizes(total: int, num_shards: int) -> list[int]:
     """Sizes of ``num_shards`` contiguous slices of a flat parameter vector (``tensor_split``)."""
     return [int(t.numel()) for t in torch.arange(total).tensor_split(num_shards)]
@@ -218,7 +237,7 @@ class ParameterServer:
 
             state = load_checkpoint(restore_path)["servers"][shard_index]
             self.restored_from = restore_path
-        self.load_state_dict(state)
+        self.load_state_dict(_resolve(state))
 
     def get(self) -> dict[str, Any]:
         """``{"version", "params" [n] (numpy float32), "obs_stats" (RunningMeanStd state or
@@ -374,8 +393,9 @@ class ReplayMemory:
         self.buffer = ReplayBuffer(obs_dim, num_heads, capacity)
         self.generator = torch.Generator().manual_seed(seed)
         self.lock = threading.Lock()
-        if state is not None:
-            self.load_state_dict(state)
+        # a process Ray restarted after a crash starts empty, not from the resume-time contents
+        if state is not None and not was_restarted():
+            self.load_state_dict(_resolve(state))
 
     def add(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor) -> int:
         with self.lock:
