@@ -485,3 +485,24 @@ def test_global_replay_and_sharded_server(ray_session, tmp_path):
     assert [s["num_applied"] + s["num_dropped_stale"] for s in state["servers"]] == [pushed] * 2
     assert [int(r["reward"].numel()) for r in state["replay"]] == [2000]
     algo.close()
+
+
+@pytest.mark.timeout(120)
+def test_train_script_joins_a_running_cluster_then_evaluate(ray_session, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "scripts/train.py", "--algo", "gorila", "--env", "CartPole-v1",
+           "--actors", "1", "--learners", "1", "--total-steps", "600", "--out", str(out),
+           "--learning-starts", "200", "--log-every", "300", "--eval-every", "600",
+           "--eval-episodes", "2", "--hidden-sizes", "16"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "progress.csv", "learning_curve.png", "checkpoints/last.pt"):
+        assert (out / name).exists(), name
+    assert "algo: gorila" in (out / "config.yaml").read_text()
+    assert "num_actors: 1" in (out / "config.yaml").read_text()
+    rows = read_rows(out)
+    assert [int(r["real_steps"]) for r in rows] == [300, 600] and rows[-1]["eval_return_mean"]
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(out), "--episodes", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "gorila CartPole-v1: return" in proc.stdout, proc.stderr[-2000:]
