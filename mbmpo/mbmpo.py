@@ -35,7 +35,7 @@ from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
-from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, stack_params
+from mbmpo.meta import adapt_tasks, forward_per_row, forward_per_task, policy_params
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
@@ -446,10 +446,8 @@ class MBMPO:
         lr = self.inner_lr
         if isinstance(lr, dict) and not create_graph:
             lr = {n: v.detach() for n, v in lr.items()}
-        per_task = [adapt(self.policy, base, pre.obs[t], pre.act[t], pre.adv[t], pre.log_prob[t], lr,
-                          first_order=c.first_order or not create_graph, num_steps=c.num_inner_steps)
-                    for t in range(c.meta_batch_size)]
-        stacked = stack_params(per_task)
+        stacked = adapt_tasks(self.policy, base, pre.obs, pre.act, pre.adv, pre.log_prob, lr,
+                              first_order=c.first_order or not create_graph, num_steps=c.num_inner_steps)
         return stacked if create_graph else {n: v.detach() for n, v in stacked.items()}
 
     def meta_step(self) -> dict[str, float]:

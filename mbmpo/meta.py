@@ -83,6 +83,46 @@ def adapt(
     return cur
 
 
+def adapt_tasks(
+    policy: nn.Module,
+    params: Params,
+    obs: Tensor,
+    act: Tensor,
+    adv: Tensor,
+    old_log_prob: Tensor,
+    inner_lr: float | Params,
+    first_order: bool = False,
+    num_steps: int = 1,
+) -> Params:
+    """:func:`adapt` for T tasks at once: ``obs [T, B, obs_dim]``, ``act [T, B, act_dim]``,
+    ``adv, old_log_prob [T, B]`` -> stacked adapted parameters ``{name: [T, ...]}``.
+
+    ``theta`` is broadcast to ``[T, ...]`` and the objective is the sum over tasks of each
+    task's mean surrogate, so one batched forward and one backward give every task's own
+    gradient (task t's loss depends only on slice t). Same result as stacking T calls of
+    :func:`adapt`, with T times fewer small ops.
+    """
+    num_tasks = obs.shape[0]
+    names = list(params)
+    cur = {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in params.items()}
+    for _ in range(num_steps):
+        dist = forward_per_task(policy, cur, obs)
+        j = ((dist.log_prob(act) - old_log_prob).exp() * adv).mean(1).sum()
+        grads = torch.autograd.grad(j, [cur[n] for n in names], create_graph=not first_order,
+                                    allow_unused=True)
+        new = {}
+        for n, g in zip(names, grads):
+            if g is None:
+                new[n] = cur[n]
+                continue
+            if first_order:
+                g = g.detach()
+            lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
+            new[n] = cur[n] + lr * g
+        cur = new
+    return cur
+
+
 def stack_params(per_task: Sequence[Params]) -> Params:
     """``[{name: tensor}] * T -> {name: [T, ...]}`` (keeps autograd)."""
     return {n: torch.stack([p[n] for p in per_task]) for n in per_task[0]}
