@@ -3,7 +3,7 @@ report evaluation return vs real env steps over seeds (summary.csv, summary.md, 
 
     python scripts/compare.py --algos mbmpo ppo trpo --envs HalfCheetah-v5 --seeds 3 \\
         --total-steps 200k mbmpo=100k --out runs/compare_hc --jobs 2
-    python scripts/compare.py --spec scripts/configs/compare_ppo_table1.yaml --out runs/ppo_table1
+    python scripts/compare.py --spec scripts/configs/compare/ppo_table1.yaml --out runs/ppo_table1
     python scripts/plot.py runs/compare_hc      # the report again, from what is on disk
 
 Runs go to OUT/runs/<env>/<label>/s<seed>/. A run that reached its budget is skipped, an
@@ -21,7 +21,7 @@ Budgets: --total-steps N [LABEL=N ...] (k/M suffixes allowed).
 Existing runs: --include LABEL[:ENV]=GLOB copies run directories or progress.csv files
 (e.g. benchmarks/results/ppo_200k/HalfCheetah-v5_tuned_s*.csv; quote the glob) in as seeds of
 LABEL (seed from their config.yaml or an _s<N> name); they are never retrained.
---spec FILE.yaml holds the same settings (see scripts/configs/compare_*.yaml); flags given on
+--spec FILE.yaml holds the same settings (see scripts/configs/compare/*.yaml); flags given on
 the command line win. OUT/compare.yaml records the resolved comparison in that format.
 """
 
@@ -223,7 +223,10 @@ def parse_assignments(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    """A comparison spec YAML (keys: :data:`SPEC_KEYS`)."""
+    """A comparison spec YAML (keys: :data:`SPEC_KEYS`); a relative path may also be
+    relative to the repository (like preset paths)."""
+    if not Path(path).is_file() and (ROOT / path).is_file():
+        path = ROOT / path
     spec = load_yaml(path)
     bad = sorted(set(spec) - SPEC_KEYS)
     if bad:

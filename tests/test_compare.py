@@ -98,11 +98,11 @@ def test_presets_and_overrides_resolved_and_validated(tmp_path):
 
 
 def test_spec_files_shipped_are_valid(tmp_path):
-    t1 = plan_for(tmp_path, "--spec", "scripts/configs/compare_ppo_table1.yaml")
+    t1 = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/ppo_table1.yaml"))
     assert len(t1.variants) == 11 and t1.report.normalized_score and t1.report.reference == "clip_0.2"
     assert t1.report.paper_scores["clip_0.2"] == 0.82 and t1.report.paper_scores["none"] == -0.39
     assert compare.run_config(t1.variants["fixed_kl_3"], "Hopper-v5", t1)["kl_coef"] == 3.0
-    hc = plan_for(tmp_path, "--spec", "scripts/configs/compare_halfcheetah.yaml", "--seeds", "2")
+    hc = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/halfcheetah.yaml"), "--seeds", "2")
     assert hc.seeds == [0, 1] and hc.budget("mbmpo") == 100_000 and hc.budget("trpo") == 200_000
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
