@@ -68,14 +68,18 @@ def suite_jobs(suite: str) -> list[dict]:
                                  seed=s, steps=steps, extra=["--eval-every", "2048"]))
     elif suite == "dppo_1m":
         # DPPO with 2 worker processes (both cores) vs single-process PPO (tuned preset) at
-        # equal real steps; run with --jobs 1 so the DPPO workers own the cores
+        # equal real steps; run with --jobs 1 so the DPPO workers own the cores. The tuned PPO
+        # preset has a constant learning rate, so its earlier runs are continued where they
+        # exist (ppo_1m seed 0, ppo_200k seeds 1 and 2), as the ppo_1m suite does.
+        ppo_from = {0: "ppo_1m/HalfCheetah-v5_tuned_s0", 1: "ppo_200k/HalfCheetah-v5_tuned_s1",
+                    2: "ppo_200k/HalfCheetah-v5_tuned_s2"}
         for s in (0, 1, 2):
             jobs.append(dict(name=f"HalfCheetah-v5_dppo_s{s}", env="HalfCheetah-v5",
                              group="HalfCheetah-v5 dppo-2w", preset=CFG / "halfcheetah_dppo.yaml",
                              seed=s, steps=1_000_000, extra=["--workers", "2"]))
             jobs.append(dict(name=f"HalfCheetah-v5_tuned_s{s}", env="HalfCheetah-v5",
                              group="HalfCheetah-v5 ppo-tuned", preset=PRESETS[("HalfCheetah-v5", "tuned")],
-                             seed=s, steps=1_000_000, extra=[]))
+                             seed=s, steps=1_000_000, extra=[], from_run=ppo_from[s]))
     elif suite == "dppo_pomdp":
         # partially observed HalfCheetah (joint velocities hidden): recurrent vs feed-forward
         env = "mbmpo/HalfCheetahNoVel-v5"

@@ -108,8 +108,19 @@ def store() -> Any:
 def all_reduce_sum_(t: Tensor) -> Tensor:
     """Sum ``t`` over workers in place (every worker gets the same bytes)."""
     if is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":  # nccl reduces GPU tensors
+            g = t.cuda()
+            dist.all_reduce(g)
+            t.copy_(g)
+        else:
+            dist.all_reduce(t)
     return t
+
+
+def default_backend(device: str) -> str:
+    """``nccl`` for a CUDA run (one GPU per worker: cuda:LOCAL_RANK), else ``gloo``."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda and dist.is_nccl_available() else "gloo"
 
 
 def broadcast_tensors_(tensors: Iterable[Tensor], src: int = 0) -> None:
@@ -160,6 +171,8 @@ def _run_worker(fn: Callable[..., Any], args: tuple, threads: int, backend: str,
     rank = int(os.environ["RANK"])
     torch.set_num_threads(max(1, threads))
     try:
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         init(backend, timeout_s)
         fn(*args)
         return 0

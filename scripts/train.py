@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tyro  # noqa: E402
-
 from mbmpo import ALGORITHMS  # noqa: E402
 from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
 from mbmpo.errors import ConfigError  # noqa: E402
-from mbmpo.plotting import plot_runs  # noqa: E402
 from scripts._common import run_main, set_threads  # noqa: E402
+
+# tyro and matplotlib are imported where they are used: DPPO's spawned workers re-import this
+# module and need neither.
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -47,6 +47,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tyro
+
     args, rest = parse(sys.argv[1:] if argv is None else argv)
     set_threads(args.threads)
     if args.resume:
@@ -130,6 +132,8 @@ def resume(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def finish(out: Path, title: str) -> None:
+    from mbmpo.plotting import plot_runs
+
     png = plot_runs([out], out / "learning_curve.png", title=title)
     print(f"done: {out} (curve: {png})")
 

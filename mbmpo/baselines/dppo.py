@@ -406,9 +406,10 @@ class DPPO(OnPolicyAlgorithm):
         plus the iteration's counts; returns the global counts."""
         stats = list(zip((self.env.obs_rms, self.env.ret_rms), bases))
         rets, lens = rollout.episode_returns, rollout.episode_lengths
+        moments = pack_new_moments(stats)
         tail = torch.tensor([rollout.num_steps * rollout.num_envs, float(not finished), sum(rets),
-                             len(rets), sum(lens)], dtype=torch.float64)
-        vec = self._all_reduce(torch.cat([pack_new_moments(stats), tail]))
+                             len(rets), sum(lens)], dtype=torch.float64, device=moments.device)
+        vec = self._all_reduce(torch.cat([moments, tail]))
         merge_new_moments(stats, vec[: -len(tail)])
         steps, preempted, ret_sum, num_eps, len_sum = vec[-len(tail):].tolist()
         if self.rank == 0 and self._num_report() < self.world_size:
@@ -466,10 +467,11 @@ class DPPO(OnPolicyAlgorithm):
         """Average the workers' gradients, weighted by their sample counts ``n``, in one
         all_reduce; returns the weighted mean of ``extras`` and the total count. The averaged
         gradient is left in ``p.grad``."""
+        dev = params[0].device
         flat_g = (torch.cat([g.reshape(-1) for g in grads]) * n if grads is not None
-                  else torch.zeros(sum(p.numel() for p in params)))
-        flat = self._all_reduce(torch.cat([flat_g, extras.float() * n,
-                                           torch.tensor([float(n)])]))
+                  else torch.zeros(sum(p.numel() for p in params), device=dev))
+        flat = self._all_reduce(torch.cat([flat_g, extras.float().to(dev) * n,
+                                           torch.tensor([float(n)], device=dev)]))
         total = float(flat[-1])
         if total > 0:
             g, i = flat[: flat_g.numel()] / total, 0
@@ -694,7 +696,8 @@ def launch(out_dir: str | Path, config: DPPOConfig | None = None, *, resume: boo
         return (f"; the last checkpoint is intact: {ckpt} (continue with: "
                 f"python scripts/train.py --resume {out_dir} [--workers W])")
 
-    kwargs = dict(threads=threads, timeout_s=cfg.collective_timeout_s, failure_hint=hint)
+    kwargs = dict(threads=threads, backend=distributed.default_backend(cfg.device),
+                  timeout_s=cfg.collective_timeout_s, failure_hint=hint)
     if distributed.under_torchrun():
         return distributed.run_under_torchrun(_worker, job, **kwargs) == 0
     distributed.spawn(_worker, job, 1 if num_workers is None else num_workers, **kwargs)
