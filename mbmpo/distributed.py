@@ -288,6 +288,11 @@ def _raise_failure(procs: list, reports: dict[int, tuple], stopped: set[int], hi
     if not primary:
         lost = sorted(r for r, rep in reports.items() if rep[1] == "peer_lost")
         detail = reports[lost[0]][3] if lost else "no worker reported a cause"
+        hung = sorted(r for r in stopped if r not in reports)
+        if hung:  # the others timed out waiting for these, which were still running
+            raise WorkerError(f"DPPO worker rank {hung[0]} (pid {procs[hung[0]].pid}) hung: the other "
+                              f"workers timed out waiting for it ({detail}); stopped all "
+                              f"{len(procs)}{hint}", rank=hung[0])
         raise WorkerError(f"DPPO workers lost contact with each other (rank(s) {lost}: {detail}); "
                           f"all {len(procs)} stopped{hint}")
     r = primary[0]

@@ -358,6 +358,21 @@ def test_straggler_is_preempted_once_d_workers_reported(two_workers):
     assert torch.equal(fast["policy"], slow["policy"])
 
 
+def _hang_job() -> None:
+    rank, _ = distributed.rank_and_world_size()
+    if rank == 1:
+        time.sleep(120)  # hangs outside any collective
+    distributed.all_reduce_sum_(torch.ones(3))
+
+
+@pytest.mark.timeout(90)
+def test_hung_worker_ends_the_run_after_the_collective_timeout_naming_its_rank():
+    t0 = time.monotonic()
+    with pytest.raises(distributed.WorkerError, match="worker rank 1 .* hung") as info:
+        distributed.spawn(_hang_job, (), 2, timeout_s=2.0, grace_s=1.0)
+    assert info.value.rank == 1 and time.monotonic() - t0 < 60
+
+
 # ----- the launcher: a killed worker, resume with another W, torchrun ------------------------
 SCRIPT_TINY = ["--env", "Pendulum-v1", "--num-steps", "100", "--window-length", "10",
                "--hidden-sizes", "16", "--value-hidden-sizes", "16", "--eval-every", "0",
