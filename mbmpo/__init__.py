@@ -18,6 +18,8 @@ _LAZY = {
     "PPOConfig": "mbmpo.baselines.ppo",
     "TRPO": "mbmpo.baselines.trpo",
     "TRPOConfig": "mbmpo.baselines.trpo",
+    "DPPO": "mbmpo.baselines.dppo",
+    "DPPOConfig": "mbmpo.baselines.dppo",
     "BaseConfig": "mbmpo.config",
 }
 
@@ -31,5 +33,6 @@ def __getattr__(name: str) -> Any:
     if name == "ALGORITHMS":
         return {"mbmpo": (__getattr__("MBMPO"), __getattr__("MBMPOConfig")),
                 "ppo": (__getattr__("PPO"), __getattr__("PPOConfig")),
-                "trpo": (__getattr__("TRPO"), __getattr__("TRPOConfig"))}
+                "trpo": (__getattr__("TRPO"), __getattr__("TRPOConfig")),
+                "dppo": (__getattr__("DPPO"), __getattr__("DPPOConfig"))}
     raise AttributeError(f"module 'mbmpo' has no attribute {name!r}")

@@ -57,13 +57,18 @@ def record_evaluation(logger: Logger, returns: np.ndarray, lengths: np.ndarray, 
 def load_algorithm(cls: Any, path: str | Path, out_dir: str | Path | None, console: bool,
                    overrides: dict[str, Any]) -> Any:
     """Rebuild ``cls`` from a checkpoint (file or run directory) with config ``overrides``."""
-    state = load_checkpoint(path)
+    return algorithm_from_state(cls, load_checkpoint(path), str(path), out_dir, console, overrides)
+
+
+def algorithm_from_state(cls: Any, state: dict[str, Any], path: str, out_dir: str | Path | None,
+                         console: bool, overrides: dict[str, Any]) -> Any:
+    """Rebuild ``cls`` from a loaded checkpoint dict (``path`` names it in errors)."""
     if state.get("algo") != cls.algo_name:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, "
+        raise CheckpointError(f"checkpoint {path!r} holds algo {state.get('algo')!r}, "
                               f"not {cls.algo_name!r}")
     config = config_from_dict(cls.config_cls, {**state["config"], **overrides}, source=f"checkpoint {path}")
     algo = cls(config, out_dir=out_dir, console=console)
-    algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+    algo.load_state_dict(state, source=f"checkpoint {path!r}")
     return algo
 
 

@@ -11,6 +11,7 @@ from policies.categorical import CategoricalMLPPolicy
 from policies.distributions import Categorical, DiagGaussian, Distribution
 from policies.gaussian_mlp import GaussianMLPPolicy
 from policies.mlp import mlp
+from policies.recurrent import RecurrentGaussianPolicy, RecurrentValue
 from policies.value import LinearFeatureBaseline, MLPValue
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "GaussianMLPPolicy",
     "LinearFeatureBaseline",
     "MLPValue",
+    "RecurrentGaussianPolicy",
+    "RecurrentValue",
     "make_policy",
     "mlp",
 ]
