@@ -41,9 +41,9 @@ from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
 from mbmpo.runner import (
     counters,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     load_algorithm,
     record_evaluation,
     restore_counters,
@@ -568,15 +568,13 @@ class MBMPO:
         log.record("time/model_fit_s", t2 - t1)
         log.record("time/meta_s", t3 - t2)
         log.record("time/iteration_s", t3 - t0)
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes))
-            if c.eval_adapted and self.collect_params is not None:
-                record_evaluation(log, *self.evaluate(c.eval_episodes, adapted=True), prefix="eval_adapted")
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, self._record_evaluation)
+
+    def _record_evaluation(self) -> None:
+        c = self.config
+        record_evaluation(self.logger, *self.evaluate(c.eval_episodes))
+        if c.eval_adapted and self.collect_params is not None:
+            record_evaluation(self.logger, *self.evaluate(c.eval_episodes, adapted=True), prefix="eval_adapted")
 
     @torch.no_grad()
     def evaluate(self, num_episodes: int = 10, adapted: bool = False,

@@ -64,23 +64,9 @@ def adapt(
     Returns:
         The adapted parameters ``theta'`` as a new dict.
     """
-    names = list(params)
-    cur = params
-    for _ in range(num_steps):
-        j = vpg_surrogate(policy, cur, obs, act, adv, old_log_prob)
-        grads = torch.autograd.grad(j, [cur[n] for n in names], create_graph=not first_order,
-                                    allow_unused=True)
-        new = {}
-        for n, g in zip(names, grads):
-            if g is None:
-                new[n] = cur[n]
-                continue
-            if first_order:
-                g = g.detach()
-            lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
-            new[n] = cur[n] + lr * g
-        cur = new
-    return cur
+    stacked = adapt_tasks(policy, params, obs.unsqueeze(0), act.unsqueeze(0), adv.unsqueeze(0),
+                          old_log_prob.unsqueeze(0), inner_lr, first_order, num_steps)
+    return {n: v.squeeze(0) for n, v in stacked.items()}
 
 
 def adapt_tasks(
@@ -94,13 +80,13 @@ def adapt_tasks(
     first_order: bool = False,
     num_steps: int = 1,
 ) -> Params:
-    """:func:`adapt` for T tasks at once: ``obs [T, B, obs_dim]``, ``act [T, B, act_dim]``,
+    """:func:`adapt` for T tasks at once (``adapt`` is the case T = 1): ``obs [T, B, obs_dim]``, ``act [T, B, act_dim]``,
     ``adv, old_log_prob [T, B]`` -> stacked adapted parameters ``{name: [T, ...]}``.
 
     ``theta`` is broadcast to ``[T, ...]`` and the objective is the sum over tasks of each
     task's mean surrogate, so one batched forward and one backward give every task's own
-    gradient (task t's loss depends only on slice t). Same result as stacking T calls of
-    :func:`adapt`, with T times fewer small ops.
+    gradient (task t's loss depends only on slice t), with T times fewer small ops than a
+    loop over tasks. The per-task objective is :func:`vpg_surrogate`.
     """
     num_tasks = obs.shape[0]
     names = list(params)

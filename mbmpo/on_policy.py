@@ -25,9 +25,9 @@ from mbmpo.logger import Logger
 from mbmpo.returns import gae
 from mbmpo.runner import (
     counters,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     load_algorithm,
     record_evaluation,
     restore_counters,
@@ -196,13 +196,7 @@ class OnPolicyAlgorithm:
         log.record("time/collect_s", t1 - t0)
         log.record("time/update_s", t2 - t1)
         log.record("time/sps", self.batch_size / (t2 - t0))
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic))
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
 
     def _check_finite(self, stats: dict[str, float]) -> None:
         bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)

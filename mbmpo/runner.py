@@ -3,6 +3,7 @@ logging setup, evaluation schedule and loading from checkpoints."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ def evaluation_due(algo: Any) -> bool:
         algo._last_eval_step = algo.num_timesteps
         return True
     return False
+
+
+def end_iteration(algo: Any, evaluate: Callable[[], None]) -> None:
+    """The common tail of every algorithm's iteration: ``evaluate()`` when due (it records
+    its own columns), then wall time, one ``progress.csv`` row and the periodic checkpoint
+    (always after the last iteration of the budget)."""
+    last = algo.num_timesteps >= algo.total_steps
+    if evaluation_due(algo):
+        evaluate()
+    algo.logger.record("wall_time_s", algo.wall_time)
+    algo.logger.dump(algo.num_timesteps)
+    if algo.out_dir is not None and (last or algo.iteration % algo.config.checkpoint_every == 0):
+        algo.save(Path(algo.out_dir) / "checkpoints" / "last.pt")
 
 
 def record_evaluation(logger: Logger, returns: np.ndarray, lengths: np.ndarray, prefix: str = "eval") -> None:

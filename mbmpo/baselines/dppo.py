@@ -55,9 +55,9 @@ from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, k_step_returns, normalize_advantages
 from mbmpo.runner import (
     algorithm_from_state,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     record_evaluation,
 )
 from mbmpo.sampler import collect
@@ -623,13 +623,7 @@ class DPPO(OnPolicyAlgorithm):
         log.record("dist/steps_per_iteration", counts["steps"])
         log.record("time/iteration_s", t3 - t0)
         log.record("time/sps", counts["steps"] / (t3 - t0))
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic))
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
 
 
 # ----- launching ------------------------------------------------------------------------------
