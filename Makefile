@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
-THREADS ?= 1
-TRAIN_ARGS ?= --algo ppo --preset scripts/configs/halfcheetah_ppo_tuned.yaml --total-steps 100000 --out runs/make_train --threads $(THREADS)
+THREADS ?= 2
+TRAIN_ARGS ?= --preset scripts/configs/halfcheetah_mbmpo.yaml --total-steps 40000 --out runs/make_train --threads $(THREADS)
 
 .PHONY: venv train test lint bench clean
 

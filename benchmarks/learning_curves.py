@@ -9,6 +9,8 @@ to ``benchmarks/results/<suite>/``:
     python benchmarks/learning_curves.py --suite trpo_200k
     python benchmarks/learning_curves.py --suite minigrid             # steps until mean return > 0.9
     python benchmarks/learning_curves.py --suite ppo_200k --report    # tables/plots only
+    python benchmarks/learning_curves.py --suite dppo_1m --jobs 1      # DPPO (2 workers) vs PPO, 3 seeds
+    python benchmarks/learning_curves.py --suite dppo_pomdp --jobs 1   # velocities hidden: GRU vs MLP DPPO
 """
 
 from __future__ import annotations
@@ -64,6 +66,28 @@ def suite_jobs(suite: str) -> list[dict]:
             for s in (0, 1, 2):
                 jobs.append(dict(name=f"{env}_s{s}", env=env, group=env, preset=CFG / "minigrid_ppo.yaml",
                                  seed=s, steps=steps, extra=["--eval-every", "2048"]))
+    elif suite == "dppo_1m":
+        # DPPO with 2 worker processes (both cores) vs single-process PPO (tuned preset) at
+        # equal real steps; run with --jobs 1 so the DPPO workers own the cores. The tuned PPO
+        # preset has a constant learning rate, so its earlier runs are continued where they
+        # exist (ppo_1m seed 0, ppo_200k seeds 1 and 2), as the ppo_1m suite does.
+        ppo_from = {0: "ppo_1m/HalfCheetah-v5_tuned_s0", 1: "ppo_200k/HalfCheetah-v5_tuned_s1",
+                    2: "ppo_200k/HalfCheetah-v5_tuned_s2"}
+        for s in (0, 1, 2):
+            jobs.append(dict(name=f"HalfCheetah-v5_dppo_s{s}", env="HalfCheetah-v5",
+                             group="HalfCheetah-v5 dppo-2w", preset=CFG / "halfcheetah_dppo.yaml",
+                             seed=s, steps=1_000_000, extra=["--workers", "2"]))
+            jobs.append(dict(name=f"HalfCheetah-v5_tuned_s{s}", env="HalfCheetah-v5",
+                             group="HalfCheetah-v5 ppo-tuned", preset=PRESETS[("HalfCheetah-v5", "tuned")],
+                             seed=s, steps=1_000_000, extra=[], from_run=ppo_from[s]))
+    elif suite == "dppo_pomdp":
+        # partially observed HalfCheetah (joint velocities hidden): recurrent vs feed-forward
+        env = "mbmpo/HalfCheetahNoVel-v5"
+        for kind, extra in (("mlp", []), ("gru", ["--policy-type", "gru"])):
+            for s in (0, 1, 2):
+                jobs.append(dict(name=f"HalfCheetahNoVel-v5_dppo_{kind}_s{s}", env=env,
+                                 group=f"{env} dppo-{kind}", preset=CFG / "halfcheetah_dppo.yaml",
+                                 seed=s, steps=1_000_000, extra=["--workers", "2", *extra]))
     else:
         raise SystemExit(f"unknown suite {suite!r}")
     return jobs

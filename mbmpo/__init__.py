@@ -18,6 +18,8 @@ _LAZY = {
     "PPOConfig": "mbmpo.baselines.ppo",
     "TRPO": "mbmpo.baselines.trpo",
     "TRPOConfig": "mbmpo.baselines.trpo",
+    "DPPO": "mbmpo.baselines.dppo",
+    "DPPOConfig": "mbmpo.baselines.dppo",
     "Gorila": "mbmpo.baselines.gorila",
     "GorilaConfig": "mbmpo.baselines.gorila",
     "BaseConfig": "mbmpo.config",
@@ -34,5 +36,6 @@ def __getattr__(name: str) -> Any:
         return {"mbmpo": (__getattr__("MBMPO"), __getattr__("MBMPOConfig")),
                 "ppo": (__getattr__("PPO"), __getattr__("PPOConfig")),
                 "trpo": (__getattr__("TRPO"), __getattr__("TRPOConfig")),
+                "dppo": (__getattr__("DPPO"), __getattr__("DPPOConfig")),
                 "gorila": (__getattr__("Gorila"), __getattr__("GorilaConfig"))}
     raise AttributeError(f"module 'mbmpo' has no attribute {name!r}")

@@ -56,6 +56,39 @@ class Rollout:
 
 
 
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """Rollouts of consecutive ``collect`` calls (same envs) joined along time."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    return Rollout(cat("obs"), cat("actions"), cat("rewards"), cat("terminated"), cat("truncated"),
+                   cat("next_obs"), cat("timesteps"),
+                   {k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras},
+                   [r for p in parts for r in p.episode_returns],
+                   [n for p in parts for n in p.episode_lengths],
+                   last_obs=parts[-1].last_obs, last_timesteps=parts[-1].last_timesteps)
+
+
+def to_windows(x: Tensor, window: int) -> Tensor:
+    """``[T, N, ...] -> [K, (T / K) * N, ...]``: consecutive K-step windows as sequences.
+
+    Sequence ``w * N + n`` holds steps ``w*K .. w*K + K - 1`` of env ``n``; ``x[::K]`` reshaped
+    to ``[(T / K) * N, ...]`` is the per-sequence first step. T must be a multiple of K.
+    """
+    t, n = x.shape[0], x.shape[1]
+    if t % window:
+        raise ValueError(f"{t} steps do not split into windows of {window}")
+    return x.reshape(t // window, window, n, *x.shape[2:]).transpose(0, 1).reshape(
+        window, (t // window) * n, *x.shape[2:])
+
+
+def from_windows(y: Tensor, num_envs: int) -> Tensor:
+    """Inverse of :func:`to_windows`: ``[K, (T / K) * N, ...] -> [T, N, ...]``."""
+    k, s = y.shape[0], y.shape[1]
+    return y.reshape(k, s // num_envs, num_envs, *y.shape[2:]).transpose(0, 1).reshape(
+        k * (s // num_envs), num_envs, *y.shape[2:])
+
+
 class TransitionDataset:
     """FIFO store of real transitions ``(obs, act, next_obs, reward, terminated)``.
 

@@ -70,6 +70,49 @@ class MiniGridFlatObs(gym.ObservationWrapper):
         return np.concatenate([img, direction])
 
 
+class HideVelocities(gym.ObservationWrapper):
+    """Partially observed MuJoCo locomotion: keep the joint positions, drop the velocities.
+
+    For envs whose observation is ``[qpos (minus excluded x/y), qvel]`` (HalfCheetah, Hopper,
+    Walker2d, Swimmer) the first ``obs_dim - nv`` entries are kept; a memoryless policy then
+    cannot see how fast it moves, a recurrent one can infer it (the DPPO benchmark's POMDP).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        nv = int(env.unwrapped.model.nv)
+        full = env.observation_space
+        self._keep = full.shape[0] - nv
+        if len(full.shape) != 1 or self._keep <= 0:
+            raise ConfigError(f"cannot hide velocities of {env.spec.id if env.spec else env}: "
+                              f"observation {full.shape} has no position block before {nv} velocities")
+        self.observation_space = gym.spaces.Box(full.low[: self._keep], full.high[: self._keep],
+                                                dtype=full.dtype)
+        self._checked = False
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        if not self._checked:  # the layout assumption, verified once on real data
+            qpos = self.env.unwrapped.data.qpos
+            if not np.allclose(observation[: self._keep], qpos[len(qpos) - self._keep :]):
+                raise ConfigError("cannot hide velocities: the observation does not start with "
+                                  "the joint positions")
+            self._checked = True
+        return observation[: self._keep]
+
+
+def _make_no_velocity_env(base_id: str, **kwargs: Any) -> gym.Env:
+    return HideVelocities(gym.make(base_id, **kwargs))
+
+
+NO_VELOCITY_ENVS = {f"mbmpo/{name}NoVel-v5": f"{name}-v5"
+                    for name in ("HalfCheetah", "Hopper", "Walker2d", "Swimmer")}
+"""Partially observed ids (velocities hidden) -> the gymnasium id they wrap."""
+
+for _id, _base in NO_VELOCITY_ENVS.items():
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_make_no_velocity_env, kwargs={"base_id": _base})
+
+
 def make_env_fn(env_id: str, env_kwargs: dict[str, Any] | None = None,
                 wrapper: Callable[[gym.Env], gym.Env] | None = None) -> Callable[[], gym.Env]:
     """A thunk that builds one gymnasium env, with the flattening wrapper MiniGrid needs

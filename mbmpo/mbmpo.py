@@ -35,15 +35,15 @@ from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
-from mbmpo.meta import adapt, forward_per_row, forward_per_task, policy_params, stack_params
+from mbmpo.meta import adapt_tasks, forward_per_row, forward_per_task, policy_params
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
 from mbmpo.runner import (
     counters,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     load_algorithm,
     record_evaluation,
     restore_counters,
@@ -446,10 +446,8 @@ class MBMPO:
         lr = self.inner_lr
         if isinstance(lr, dict) and not create_graph:
             lr = {n: v.detach() for n, v in lr.items()}
-        per_task = [adapt(self.policy, base, pre.obs[t], pre.act[t], pre.adv[t], pre.log_prob[t], lr,
-                          first_order=c.first_order or not create_graph, num_steps=c.num_inner_steps)
-                    for t in range(c.meta_batch_size)]
-        stacked = stack_params(per_task)
+        stacked = adapt_tasks(self.policy, base, pre.obs, pre.act, pre.adv, pre.log_prob, lr,
+                              first_order=c.first_order or not create_graph, num_steps=c.num_inner_steps)
         return stacked if create_graph else {n: v.detach() for n, v in stacked.items()}
 
     def meta_step(self) -> dict[str, float]:
@@ -570,15 +568,13 @@ class MBMPO:
         log.record("time/model_fit_s", t2 - t1)
         log.record("time/meta_s", t3 - t2)
         log.record("time/iteration_s", t3 - t0)
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes))
-            if c.eval_adapted and self.collect_params is not None:
-                record_evaluation(log, *self.evaluate(c.eval_episodes, adapted=True), prefix="eval_adapted")
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, self._record_evaluation)
+
+    def _record_evaluation(self) -> None:
+        c = self.config
+        record_evaluation(self.logger, *self.evaluate(c.eval_episodes))
+        if c.eval_adapted and self.collect_params is not None:
+            record_evaluation(self.logger, *self.evaluate(c.eval_episodes, adapted=True), prefix="eval_adapted")
 
     @torch.no_grad()
     def evaluate(self, num_episodes: int = 10, adapted: bool = False,

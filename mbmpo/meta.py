@@ -64,10 +64,36 @@ def adapt(
     Returns:
         The adapted parameters ``theta'`` as a new dict.
     """
+    stacked = adapt_tasks(policy, params, obs.unsqueeze(0), act.unsqueeze(0), adv.unsqueeze(0),
+                          old_log_prob.unsqueeze(0), inner_lr, first_order, num_steps)
+    return {n: v.squeeze(0) for n, v in stacked.items()}
+
+
+def adapt_tasks(
+    policy: nn.Module,
+    params: Params,
+    obs: Tensor,
+    act: Tensor,
+    adv: Tensor,
+    old_log_prob: Tensor,
+    inner_lr: float | Params,
+    first_order: bool = False,
+    num_steps: int = 1,
+) -> Params:
+    """:func:`adapt` for T tasks at once (``adapt`` is the case T = 1): ``obs [T, B, obs_dim]``, ``act [T, B, act_dim]``,
+    ``adv, old_log_prob [T, B]`` -> stacked adapted parameters ``{name: [T, ...]}``.
+
+    ``theta`` is broadcast to ``[T, ...]`` and the objective is the sum over tasks of each
+    task's mean surrogate, so one batched forward and one backward give every task's own
+    gradient (task t's loss depends only on slice t), with T times fewer small ops than a
+    loop over tasks. The per-task objective is :func:`vpg_surrogate`.
+    """
+    num_tasks = obs.shape[0]
     names = list(params)
-    cur = params
+    cur = {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in params.items()}
     for _ in range(num_steps):
-        j = vpg_surrogate(policy, cur, obs, act, adv, old_log_prob)
+        dist = forward_per_task(policy, cur, obs)
+        j = ((dist.log_prob(act) - old_log_prob).exp() * adv).mean(1).sum()
         grads = torch.autograd.grad(j, [cur[n] for n in names], create_graph=not first_order,
                                     allow_unused=True)
         new = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -76,3 +78,65 @@ class RunningMeanStd(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.mean.shape)}, count={int(self.count.item())}"
+
+
+# ----- merging the statistics of distributed workers -------------------------------------
+# Heess et al. 2017 (appendix A): workers update their normalization statistics locally after
+# every env step and apply the local changes to the global statistics after each iteration.
+# Each worker starts the iteration from the same global statistics ``base``; the samples it
+# added since then are recovered exactly with ``moments_since`` and pooled across workers with
+# a single sum (one all_reduce of ``pack_new_moments``), shifted by the base mean so the sums
+# of squares do not cancel catastrophically.
+
+
+def moments_since(rms: RunningMeanStd, base: dict[str, Tensor]) -> tuple[Tensor, Tensor, float]:
+    """Mean, population variance and count of the samples ``rms`` absorbed after ``base``.
+
+    ``base`` is a ``state_dict()`` copy of ``rms`` taken earlier; this inverts the parallel
+    merge of :meth:`RunningMeanStd.update` exactly (up to rounding).
+    """
+    n0, n1 = float(base["count"]), float(rms.count)
+    n = n1 - n0
+    if n <= 0:
+        return torch.zeros_like(rms.mean), torch.zeros_like(rms.var), 0.0
+    m0, v0 = base["mean"].to(rms.mean), base["var"].to(rms.var)
+    mean = m0 + (rms.mean - m0) * (n1 / n)
+    delta = mean - m0
+    m2 = rms.var * n1 - v0 * n0 - delta * delta * (n0 * n / n1)
+    return mean, (m2 / n).clamp_min(0.0), n
+
+
+def pack_new_moments(stats: Sequence[tuple[RunningMeanStd, dict[str, Tensor]]]) -> Tensor:
+    """One float64 vector holding, per ``(rms, base)`` pair, ``[n, n (m - s), n (v + (m - s)^2)]``.
+
+    ``m, v, n`` are the moments of the samples added since ``base`` and ``s`` is the base mean
+    (identical on every worker). Summing the vectors of all workers pools their new samples.
+    """
+    parts = []
+    for rms, base in stats:
+        mean, var, n = moments_since(rms, base)
+        d = mean - base["mean"].to(mean)
+        parts += [torch.tensor([n], dtype=torch.float64, device=mean.device),
+                  (n * d).reshape(-1), (n * (var + d * d)).reshape(-1)]
+    return torch.cat(parts)
+
+
+def merge_new_moments(stats: Sequence[tuple[RunningMeanStd, dict[str, Tensor]]], summed: Tensor) -> None:
+    """Set every ``rms`` to ``base`` plus the pooled new samples in ``summed``.
+
+    ``summed`` is the sum over workers of :func:`pack_new_moments`; all workers calling this
+    with the same ``summed`` end with identical statistics.
+    """
+    i = 0
+    for rms, base in stats:
+        f = rms.mean.numel()
+        n = float(summed[i])
+        s1 = summed[i + 1 : i + 1 + f].reshape(rms.mean.shape)
+        s2 = summed[i + 1 + f : i + 1 + 2 * f].reshape(rms.mean.shape)
+        i += 1 + 2 * f
+        rms.load_state_dict(base)
+        if n > 0:
+            d = s1 / n
+            rms.update_from_moments(base["mean"].to(d) + d, (s2 / n - d * d).clamp_min(0.0), n)
+    if i != summed.numel():
+        raise ValueError(f"merged moments have {summed.numel()} entries, expected {i}")

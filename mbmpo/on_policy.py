@@ -25,9 +25,9 @@ from mbmpo.logger import Logger
 from mbmpo.returns import gae
 from mbmpo.runner import (
     counters,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     load_algorithm,
     record_evaluation,
     restore_counters,
@@ -71,19 +71,12 @@ class OnPolicyAlgorithm:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.console = console
         c = config
-        venv = GymVecEnv(c.env_id, c.num_envs, seed=c.seed, env_kwargs=c.env_kwargs,
-                         vectorization=c.vectorization, device=self.device)
-        self.env = VecNormalize(venv, c.normalize_obs, c.normalize_reward, c.clip_obs,
-                                c.clip_reward, c.gamma)
-        self.observation_space = venv.single_observation_space
-        self.action_space = venv.single_action_space
-        obs_dim = self.observation_space.shape[0]
+        self.env = self._make_env(c.seed)
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
-            self.policy = make_policy(self.observation_space, self.action_space, c.hidden_sizes,
-                                      c.activation, c.init_log_std, c.ortho_init).to(self.device)
-            self.value_fn = MLPValue(obs_dim, c.value_hidden_sizes, c.activation,
-                                     c.ortho_init).to(self.device)
+            self.policy, self.value_fn = self._make_networks()
         self.generator = torch.Generator(self.device).manual_seed(c.seed)
         self.num_timesteps = 0
         self.iteration = 0
@@ -97,6 +90,23 @@ class OnPolicyAlgorithm:
         self._build_optimizers()
 
     # ----- hooks for subclasses -------------------------------------------------------
+    def _make_env(self, seed: int) -> VecNormalize:
+        """The normalized training env; env copy i is seeded with ``seed + i``."""
+        c = self.config
+        venv = GymVecEnv(c.env_id, c.num_envs, seed=seed, env_kwargs=c.env_kwargs,
+                         vectorization=c.vectorization, device=self.device)
+        return VecNormalize(venv, c.normalize_obs, c.normalize_reward, c.clip_obs,
+                            c.clip_reward, c.gamma)
+
+    def _make_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """``(policy, value_fn)``, built under the run's seed."""
+        c = self.config
+        policy = make_policy(self.observation_space, self.action_space, c.hidden_sizes,
+                             c.activation, c.init_log_std, c.ortho_init)
+        value_fn = MLPValue(self.observation_space.shape[0], c.value_hidden_sizes, c.activation,
+                            c.ortho_init)
+        return policy.to(self.device), value_fn.to(self.device)
+
     def _build_optimizers(self) -> None:
         raise NotImplementedError
 
@@ -186,13 +196,7 @@ class OnPolicyAlgorithm:
         log.record("time/collect_s", t1 - t0)
         log.record("time/update_s", t2 - t1)
         log.record("time/sps", self.batch_size / (t2 - t0))
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic))
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
 
     def _check_finite(self, stats: dict[str, float]) -> None:
         bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)

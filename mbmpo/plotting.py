@@ -1,42 +1,27 @@
-"""Learning-curve plots from ``progress.csv`` files (matplotlib, headless)."""
+"""Learning-curve plots from ``progress.csv`` files (matplotlib, headless).
+
+Parsing and statistics live in :mod:`mbmpo.analysis`; this module only draws."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
+import matplotlib.ticker
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mbmpo.analysis import eval_curve, read_progress  # noqa: E402  (re-exported)
 
-def read_progress(path: str | Path) -> dict[str, list[float]]:
-    """Columns of a ``progress.csv`` as float lists (empty cells become NaN)."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols: dict[str, list[float]] = {}
-    for row in rows:
-        for k, v in row.items():
-            try:
-                x = float(v) if v not in (None, "") else float("nan")
-            except ValueError:
-                x = float("nan")
-            cols.setdefault(k, []).append(x)
-    return cols
+if TYPE_CHECKING:
+    from mbmpo.analysis import GroupSummary
 
-
-def eval_curve(cols: dict[str, list[float]]) -> tuple[list[float], list[float], list[float]]:
-    """``(real_steps, eval_return_mean, eval_return_std)`` on the rows that evaluated."""
-    steps, mean, std = [], [], []
-    for s, m, d in zip(cols.get("real_steps", []), cols.get("eval_return_mean", []),
-                       cols.get("eval_return_std", [])):
-        if m == m:  # not NaN
-            steps.append(s)
-            mean.append(m)
-            std.append(d if d == d else 0.0)
-    return steps, mean, std
+__all__ = ["eval_curve", "plot_comparison", "plot_runs", "read_progress"]
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, title: str = "",
@@ -65,3 +50,44 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, title: str = 
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_comparison(groups: Sequence[GroupSummary], out_stem: str | Path, x: str = "steps",
+                    title: str = "", colors: Mapping[str, str] | None = None,
+                    confidence: float = 0.95) -> list[Path]:
+    """Return vs real env steps (``x="steps"``) or training hours (``x="hours"``) of the
+    labels of one env: mean over seeds with its bootstrap CI band, each seed as a faint line.
+
+    Writes ``out_stem.png`` and ``out_stem.svg`` and returns both paths.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, g in enumerate(groups):
+        color = (colors or {}).get(g.label, f"C{i % 10}")
+        curve = g.curve if x == "steps" else g.hours_curve
+        for r in g.runs:
+            xs = getattr(r, x)
+            ok = np.isfinite(xs)
+            ax.plot(xs[ok], r.returns[ok], color=color, alpha=0.25, lw=0.8)
+        if curve is None:  # seeds share no range: only the faint per-seed lines
+            ax.plot([], [], color=color, label=f"{g.label} (n={len(g.runs)}, no common range)")
+            continue
+        ax.plot(curve.x, curve.mean, color=color, lw=2, label=f"{g.label} (n={len(g.runs)})")
+        if np.isfinite(curve.ci_low).any():
+            ax.fill_between(curve.x, curve.ci_low, curve.ci_high, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("real environment steps" if x == "steps"
+                  else "training wall-clock hours (evaluation excluded)")
+    if x == "steps":
+        ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))  # 50k, 1M
+    pct = f"{confidence:.0%}" if math.isfinite(confidence) else ""
+    ax.set_ylabel(f"evaluation return (mean, {pct} bootstrap CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    stem = Path(out_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".svg")]
+    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths

@@ -60,6 +60,39 @@ def gae(
     return adv, adv + values
 
 
+def k_step_returns(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    window: int,
+    lam: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """K-step returns with value bootstrap (Heess et al. 2017, appendix A, DPPO worker).
+
+    The time axis is cut into windows of ``window`` (= K) steps starting at t = 0. Inside a
+    window ``R_t = sum_{u=t}^{e-1} gamma^(u-t) r_u + gamma^(e-t) V(s_e)``, where ``e`` is the
+    end of t's window, or of its episode when that comes first (a terminated step adds no
+    bootstrap, a truncated one bootstraps from V of the final observation); ``A_t = R_t - V(s_t)``.
+    With ``lam < 1`` the advantage is GAE restricted to the window. It is :func:`gae` with a
+    time-limit-style cut after every window's last step.
+
+    Args:
+        rewards, values, next_values, terminated, truncated: ``[T, ...]`` as in :func:`gae`.
+        window: K, steps per window (>= 1).
+
+    Returns:
+        ``(advantages, returns)``, both ``[T, ...]``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    cut = torch.zeros(truncated.shape, dtype=torch.bool, device=truncated.device)
+    cut[window - 1 :: window] = True
+    return gae(rewards, values, next_values, terminated, truncated.bool() | cut, gamma, lam)
+
+
 def normalize_advantages(adv: Tensor, eps: float = 1e-8) -> Tensor:
     """Zero-mean, unit-std advantages (population std; a single element maps to 0)."""
     if adv.numel() < 2:

@@ -3,6 +3,7 @@ logging setup, evaluation schedule and loading from checkpoints."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,19 @@ def evaluation_due(algo: Any) -> bool:
     return False
 
 
+def end_iteration(algo: Any, evaluate: Callable[[], None]) -> None:
+    """The common tail of every algorithm's iteration: ``evaluate()`` when due (it records
+    its own columns), then wall time, one ``progress.csv`` row and the periodic checkpoint
+    (always after the last iteration of the budget)."""
+    last = algo.num_timesteps >= algo.total_steps
+    if evaluation_due(algo):
+        evaluate()
+    algo.logger.record("wall_time_s", algo.wall_time)
+    algo.logger.dump(algo.num_timesteps)
+    if algo.out_dir is not None and (last or algo.iteration % algo.config.checkpoint_every == 0):
+        algo.save(Path(algo.out_dir) / "checkpoints" / "last.pt")
+
+
 def record_evaluation(logger: Logger, returns: np.ndarray, lengths: np.ndarray, prefix: str = "eval") -> None:
     logger.record(f"{prefix}_return_mean", float(returns.mean()))
     logger.record(f"{prefix}_return_std", float(returns.std()))
@@ -57,13 +71,18 @@ def record_evaluation(logger: Logger, returns: np.ndarray, lengths: np.ndarray, 
 def load_algorithm(cls: Any, path: str | Path, out_dir: str | Path | None, console: bool,
                    overrides: dict[str, Any]) -> Any:
     """Rebuild ``cls`` from a checkpoint (file or run directory) with config ``overrides``."""
-    state = load_checkpoint(path)
+    return algorithm_from_state(cls, load_checkpoint(path), str(path), out_dir, console, overrides)
+
+
+def algorithm_from_state(cls: Any, state: dict[str, Any], path: str, out_dir: str | Path | None,
+                         console: bool, overrides: dict[str, Any]) -> Any:
+    """Rebuild ``cls`` from a loaded checkpoint dict (``path`` names it in errors)."""
     if state.get("algo") != cls.algo_name:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds algo {state.get('algo')!r}, "
+        raise CheckpointError(f"checkpoint {path!r} holds algo {state.get('algo')!r}, "
                               f"not {cls.algo_name!r}")
     config = config_from_dict(cls.config_cls, {**state["config"], **overrides}, source=f"checkpoint {path}")
     algo = cls(config, out_dir=out_dir, console=console)
-    algo.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+    algo.load_state_dict(state, source=f"checkpoint {path!r}")
     return algo
 
 

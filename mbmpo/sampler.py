@@ -20,6 +20,7 @@ def collect(
     num_steps: int,
     obs: Tensor | None = None,
     timesteps: Tensor | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> Rollout:
     """Step a batched env ``num_steps`` times with ``policy_fn``.
 
@@ -29,6 +30,8 @@ def collect(
         num_steps: T, steps per env copy.
         obs: observations to continue from; ``None`` resets the env.
         timesteps: ``[N]`` step-in-episode counters matching ``obs`` (zeros when None).
+        on_step: called with ``done [N]`` (bool) after every env step; a stateful
+            (recurrent) policy resets its state there for the envs whose episode ended.
 
     Returns:
         A :class:`Rollout` with ``T x N`` transitions; ``last_obs``/``last_timesteps`` let
@@ -59,6 +62,8 @@ def collect(
         trunc_l.append(trunc)
         next_l.append(info.get("final_obs", obs))
         done = term | trunc
+        if on_step is not None:
+            on_step(done)
         ep = info.get("episode")
         if ep is not None and ep["mask"].any():
             mask = ep["mask"]

@@ -12,6 +12,7 @@ from policies.distributions import Categorical, DiagGaussian, Distribution
 from policies.gaussian_mlp import GaussianMLPPolicy
 from policies.mlp import mlp
 from policies.q_network import QNetwork
+from policies.recurrent import RecurrentGaussianPolicy, RecurrentValue
 from policies.value import LinearFeatureBaseline, MLPValue
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "LinearFeatureBaseline",
     "MLPValue",
     "QNetwork",
+    "RecurrentGaussianPolicy",
+    "RecurrentValue",
     "make_policy",
     "mlp",
 ]

@@ -46,7 +46,9 @@ class DiagGaussian(NamedTuple):
         return self.mean
 
     def detach(self) -> DiagGaussian:
-        return DiagGaussian(self.mean.detach(), self.log_std.detach())
+        # clone: a state-independent log_std is an expanded view of the policy parameter, and
+        # a detached view would follow later in-place optimizer steps (a frozen pi_old must not)
+        return DiagGaussian(self.mean.detach(), self.log_std.detach().clone())
 
     def index(self, idx: Tensor | slice) -> DiagGaussian:
         return DiagGaussian(self.mean[idx], self.log_std[idx])

@@ -3,6 +3,8 @@
     python scripts/train.py --algo ppo --env HalfCheetah-v5 --total-steps 200000 --seed 0 \
         --out runs/ppo_hc [--preset scripts/configs/halfcheetah_ppo.yaml] [--learning-rate 1e-4 ...]
     python scripts/train.py --resume runs/ppo_hc [--total-steps 400000]
+    python scripts/train.py --algo dppo --workers 2 --out runs/dppo_hc     # W local processes
+    torchrun --nproc-per-node 2 scripts/train.py --algo dppo --out runs/dppo_hc  # a torchrun job
     python scripts/train.py --algo gorila --env CartPole-v1 --actors 2 --learners 1 --out runs/gorila_cp
 
 Any config field can be overridden after the fixed flags (``--help-config`` lists them).
@@ -18,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tyro  # noqa: E402
-
 from mbmpo import ALGORITHMS  # noqa: E402
 from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
 from mbmpo.errors import ConfigError  # noqa: E402
-from mbmpo.plotting import plot_runs  # noqa: E402
 from scripts._common import run_main, set_threads  # noqa: E402
+
+# tyro and matplotlib are imported where they are used: DPPO's spawned workers re-import this
+# module and need neither.
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -37,7 +39,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--preset", help="YAML preset (scripts/configs/*.yaml)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default; "
+                   "DPPO workers: 1)")
+    p.add_argument("--workers", type=int, help="DPPO: local worker processes W (default 1; on "
+                   "--resume the run's earlier W); ignored under torchrun")
     p.add_argument("--actors", type=int, help="gorila: acting processes (num_actors)")
     p.add_argument("--learners", type=int, help="gorila: learner processes (num_learners)")
     p.add_argument("--help-config", action="store_true", help="list every config field and exit")
@@ -45,6 +50,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tyro
+
     args, rest = parse(sys.argv[1:] if argv is None else argv)
     set_threads(args.threads)
     if args.resume:
@@ -75,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if (out / "checkpoints" / "last.pt").exists():
         raise ConfigError(f"run directory {str(out)!r} already holds a run; use --resume {out} "
                           "or another --out")
+    if algo_name == "dppo":
+        from mbmpo.baselines.dppo import launch
+
+        if launch(out, config, num_workers=args.workers, threads=args.threads or 1):
+            finish(out, f"{algo_name} {config.env_id} seed {config.seed}")
+        return 0
+    _no_workers(args, algo_name)
     algo = algo_cls(config, out_dir=out)
     try:
         algo.learn(config.total_steps)
@@ -82,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         algo.close()
     finish(out, f"{algo_name} {config.env_id} seed {config.seed}")
     return 0
+
+
+def _no_workers(args: argparse.Namespace, algo_name: str) -> None:
+    if args.workers is not None:
+        raise ConfigError(f"--workers applies to --algo dppo only, not {algo_name!r}")
 
 
 def resume(args: argparse.Namespace, rest: list[str]) -> int:
@@ -98,6 +117,15 @@ def resume(args: argparse.Namespace, rest: list[str]) -> int:
     overrides = {"device": args.device} if args.device else {}
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
+    if algo_name == "dppo":
+        from mbmpo.baselines.dppo import launch
+
+        if launch(run_dir, resume=True, overrides=overrides, num_workers=args.workers,
+                  threads=args.threads or 1):
+            cfg = load_yaml(cfg_path)
+            finish(run_dir, f"{algo_name} {cfg.get('env_id')} seed {cfg.get('seed')}")
+        return 0
+    _no_workers(args, algo_name)
     algo = algo_cls.load(run_dir, out_dir=run_dir, **overrides)
     try:
         algo.learn(algo.config.total_steps)
@@ -108,6 +136,8 @@ def resume(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def finish(out: Path, title: str) -> None:
+    from mbmpo.plotting import plot_runs
+
     png = plot_runs([out], out / "learning_curve.png", title=title)
     print(f"done: {out} (curve: {png})")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mbmpo import MBMPOConfig, PPOConfig, TRPOConfig
+from mbmpo import DPPOConfig, GorilaConfig, MBMPOConfig, PPOConfig, TRPOConfig
 from mbmpo.checkpoint import load_checkpoint, save_checkpoint
 from mbmpo.config import config_from_dict, load_config
 from mbmpo.errors import CheckpointError, ConfigError
@@ -40,7 +40,8 @@ def test_presets_load_and_validate(preset):
     import yaml
 
     algo = yaml.safe_load(preset.read_text())["algo"]
-    cls = {"ppo": PPOConfig, "trpo": TRPOConfig, "mbmpo": MBMPOConfig}.get(algo)
+    cls = {"ppo": PPOConfig, "trpo": TRPOConfig, "mbmpo": MBMPOConfig, "dppo": DPPOConfig,
+           "gorila": GorilaConfig}.get(algo)
     if cls is None:
         pytest.skip(f"algo {algo} not built yet")
     load_config(cls, preset).validate()

@@ -34,7 +34,6 @@ from mbmpo.baselines.gorila_core import (
     td_targets,
 )
 from mbmpo.buffers import ReplayBuffer
-from mbmpo.config import load_config
 from mbmpo.envs import DiscretizeActions, GymVecEnv, bins_to_actions
 from mbmpo.errors import CheckpointError, ConfigError
 from policies.q_network import QNetwork, action_nvec, epsilon_greedy
@@ -272,11 +271,6 @@ def test_replay_buffer_fifo_sampling_and_state():
 def test_config_validation(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         GorilaConfig(**kw).validate()
-
-
-@pytest.mark.parametrize("preset", ["cartpole_gorila.yaml", "halfcheetah_gorila.yaml"])
-def test_presets_validate(preset):
-    load_config(GorilaConfig, ROOT / "scripts" / "configs" / preset).validate()
 
 
 def in_process_run(cfg: GorilaConfig, steps: int, chunk: int = 100):

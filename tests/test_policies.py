@@ -86,3 +86,14 @@ def test_linear_feature_baseline_fits_linear_function_of_features():
     b = LinearFeatureBaseline(3)
     b.fit(obs, t, target)
     assert torch.allclose(b(obs, t), target, atol=1e-3)
+
+
+def test_detached_distribution_is_frozen_against_in_place_parameter_steps():
+    # pi_old for KL penalties / TRPO's KL check must not follow later optimizer steps; the
+    # state-independent log-std is an expanded view of the parameter
+    pol = GaussianMLPPolicy(2, 1, (8,))
+    old = pol(torch.zeros(3, 2)).detach()
+    with torch.no_grad():
+        pol.log_std.add_(1.0)
+    assert torch.equal(old.log_std, torch.zeros(3, 1))
+    assert old.kl(pol(torch.zeros(3, 2))).min() > 0.1

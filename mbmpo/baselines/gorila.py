@@ -73,9 +73,9 @@ from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.runner import (
     counters,
+    end_iteration,
     eval_env,
     eval_seed,
-    evaluation_due,
     load_algorithm,
     record_evaluation,
     restore_counters,
@@ -682,13 +682,8 @@ class Gorila:
         log.record("events/count", len(self.events))
         log.record("time/sps", (self.num_timesteps - start_steps) / max(elapsed, 1e-9))
         log.record("learner/updates_per_s", (self.num_updates - start_updates) / max(elapsed, 1e-9))
-        last = self.num_timesteps >= self.total_steps
-        if evaluation_due(self):
-            record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic))
-        log.record("wall_time_s", self.wall_time)
-        log.dump(self.num_timesteps)
-        if self.out_dir is not None and (last or self.iteration % c.checkpoint_every == 0):
-            self.save(self.out_dir / "checkpoints" / "last.pt")
+        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes,
+                                                                        c.eval_deterministic)))
 
     # ----- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

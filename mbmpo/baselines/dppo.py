@@ -1,0 +1,698 @@
+"""Distributed PPO (Heess et al. 2017, "Emergence of Locomotion Behaviours in Rich
+Environments", appendix A) on ``torch.distributed``.
+
+W workers (processes) each step their own env copies; every iteration each worker
+
+1. collects T steps per env copy with the current policy, normalizing observations and
+   rewards with statistics it updates locally after every step. With ``num_report`` D < W
+   the collection is preempted once D workers have finished (a counter in the process
+   group's store); the stragglers contribute what they have (whole K-step windows);
+2. merges its new normalization samples into the global statistics (one all_reduce, so
+   every worker holds identical statistics afterwards);
+3. computes K-step returns with value bootstrap (:func:`mbmpo.returns.k_step_returns`);
+4. runs M policy sub-iterations on (appendix A, worker algorithm)
+   ``J(θ) = mean_t[ratio_t A_t] − λ KL[π_old‖π_θ] − ξ max(0, KL[π_old‖π_θ] − 2 KL_target)²``
+   and B value sub-iterations on ``0.5 (V_φ(s_t) − R_t)²``; every gradient step averages
+   the workers' gradients (weighted by their sample counts) with one all_reduce and applies
+   the same Adam step everywhere, so parameters stay bit-identical on all workers. The
+   policy sub-iterations stop once the mean KL exceeds ``kl_stop_factor · KL_target``;
+5. adapts the shared λ (``kl_coef_rule``): ``"per_worker"`` is the appendix's rule — each
+   worker applies ×α̂ / ÷α̂ with α̂ = 1 + (α − 1)/W on its own KL, and the W updates of
+   the shared λ are applied in rank order on every worker; ``"mean"`` applies ×α / ÷α on
+   the sample-weighted mean KL.
+
+With ``policy_type`` gru/lstm the policy and value function are recurrent; they are trained
+with truncated BPTT over the K-step windows: each window starts from the hidden state
+recorded while collecting (states are carried across windows and iterations, and reset at
+episode starts), and no gradient flows into earlier windows.
+
+Launching: :func:`launch` spawns W local processes (loopback) or, under ``torchrun``, runs
+as one of its workers. Rank 0 logs, evaluates (with all workers sharing the episodes) and
+checkpoints; a resumed run may use a different W.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mbmpo import distributed
+from mbmpo.buffers import Rollout, concat_rollouts, from_windows, to_windows
+from mbmpo.checkpoint import load_checkpoint, resolve_checkpoint_path
+from mbmpo.config import BaseConfig, _positive, config_from_dict
+from mbmpo.envs import VecNormalize, evaluate_episodes
+from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.normalization import merge_new_moments, pack_new_moments
+from mbmpo.on_policy import OnPolicyAlgorithm
+from mbmpo.returns import explained_variance, k_step_returns, normalize_advantages
+from mbmpo.runner import (
+    algorithm_from_state,
+    end_iteration,
+    eval_env,
+    eval_seed,
+    record_evaluation,
+)
+from mbmpo.sampler import collect
+from policies import RecurrentGaussianPolicy, RecurrentValue
+
+POLICY_TYPES = ("mlp", "gru", "lstm")
+KL_COEF_RULES = ("per_worker", "mean")
+
+
+@dataclass
+class DPPOConfig(BaseConfig):
+    """DPPO settings. Sources of the defaults: [H] Heess et al. 2017, appendix A (constants as
+    in ../shared/REFERENCE.md); [S] Schulman et al. 2017, PPO's adaptive KL penalty; [L] this
+    library's choice where [H] gives no value."""
+
+    num_steps: int = 1000
+    """T: steps per env copy per worker per iteration [L]."""
+    gae_lambda: float = 1.0
+    """Lambda inside each K-step window; 1.0 is the plain K-step return of [H]."""
+    window_length: int = 10
+    """K: window of the K-step returns and of truncated BPTT [L]; num_steps must be a multiple."""
+    policy_iters: int = 10
+    """M: policy sub-iterations (passes over the batch) per iteration [L]."""
+    value_iters: int = 10
+    """B: value-function sub-iterations per iteration [L]."""
+    num_minibatches: int = 1
+    """Gradient steps per sub-iteration (1 = one full-batch step, as in [H]). Every worker
+    takes the same number, so the gradient all_reduce calls line up."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy [L]."""
+    value_learning_rate: float = 1e-3
+    """Adam learning rate of the value function [L]."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    anneal_lr: bool = False
+    """Anneal both learning rates linearly to 0 over the training budget."""
+    max_grad_norm: float = 0.0
+    """Clip the averaged gradient to this global norm (0 disables; [H] does not clip)."""
+    kl_target: float = 0.01
+    """KL_target of the penalty and of the lambda rule (PPO's d_targ [S])."""
+    kl_coef: float = 1.0
+    """Initial KL penalty coefficient lambda [S]."""
+    kl_alpha: float = 1.5
+    """alpha: lambda is multiplied/divided by it [H]."""
+    kl_beta_high: float = 2.0
+    """beta_high: raise lambda when KL > beta_high * KL_target [H]."""
+    kl_beta_low: float = 0.5
+    """beta_low: lower lambda when KL < beta_low * KL_target [H]."""
+    kl_hinge_coef: float = 1000.0
+    """xi: weight of the max(0, KL - 2 KL_target)^2 hinge [H]."""
+    kl_stop_factor: float = 4.0
+    """Stop the policy sub-iterations once KL > this * KL_target ([H], worker algorithm); 0 disables."""
+    kl_coef_rule: str = "per_worker"
+    """Lambda update: 'per_worker' ([H]: each worker's KL moves the shared lambda by
+    alpha_hat = 1 + (alpha - 1) / W) or 'mean' (one x alpha / : alpha step on the mean KL)."""
+    num_report: int = 0
+    """D: update once D of the W workers have finished collecting; the others stop early
+    (straggler preemption). 0 means D = W (fully synchronous) [H]."""
+    straggler_check_windows: int = 5
+    """With D < W, a worker checks the finished-worker counter every this many K-step windows."""
+    policy_type: str = "mlp"
+    """'mlp' (feed-forward) or a recurrent 'gru' / 'lstm' policy and value function."""
+    rnn_size: int = 64
+    """Hidden units of the recurrent cell (hidden_sizes / value_hidden_sizes are the MLP heads)."""
+    collective_timeout_s: float = 120.0
+    """Seconds a collective may wait for a hung worker before the run stops with an error
+    (a worker that dies is noticed at once)."""
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "window_length", "policy_iters", "value_iters", "num_minibatches",
+                  "learning_rate", "value_learning_rate", "adam_eps", "kl_target", "rnn_size",
+                  "straggler_check_windows", "collective_timeout_s")
+        if self.num_steps % self.window_length:
+            raise ConfigError(f"num_steps {self.num_steps} must be a multiple of window_length "
+                              f"{self.window_length}")
+        if not self.kl_alpha > 1:
+            raise ConfigError(f"kl_alpha must be > 1, got {self.kl_alpha}")
+        if not 0 < self.kl_beta_low < self.kl_beta_high:
+            raise ConfigError(f"need 0 < kl_beta_low < kl_beta_high, got {self.kl_beta_low}, "
+                              f"{self.kl_beta_high}")
+        for name in ("kl_coef", "kl_hinge_coef", "kl_stop_factor", "max_grad_norm", "num_report"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kl_coef_rule not in KL_COEF_RULES:
+            raise ConfigError(f"kl_coef_rule {self.kl_coef_rule!r} is not allowed; use one of "
+                              f"{list(KL_COEF_RULES)}")
+        if self.policy_type not in POLICY_TYPES:
+            raise ConfigError(f"policy_type {self.policy_type!r} is not allowed; use one of "
+                              f"{list(POLICY_TYPES)}")
+
+
+# ----- the lambda rule (pure functions) -----------------------------------------------------
+def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float, alpha: float = 1.5,
+                  beta_high: float = 2.0, beta_low: float = 0.5) -> float:
+    """Heess et al. 2017, Algorithm 1: ``lambda * alpha`` if ``KL > beta_high * KL_target``,
+    ``lambda / alpha`` if ``KL < beta_low * KL_target``, else unchanged."""
+    if kl > beta_high * kl_target:
+        return kl_coef * alpha
+    if kl < beta_low * kl_target:
+        return kl_coef / alpha
+    return kl_coef
+
+
+def adapt_kl_coef_per_worker(kl_coef: float, worker_kls: Sequence[float], kl_target: float,
+                             alpha: float = 1.5, beta_high: float = 2.0, beta_low: float = 0.5) -> float:
+    """The appendix's distributed rule: lambda is shared and each of the W workers applies
+    :func:`adapt_kl_coef` on its own KL with ``alpha_hat = 1 + (alpha - 1) / W``.
+
+    The updates are multiplications, so the shared lambda after all W of them does not depend
+    on their order; they are applied in rank order so every worker computes the same float.
+    """
+    if not worker_kls:
+        raise ValueError("worker_kls is empty")
+    alpha_hat = 1.0 + (alpha - 1.0) / len(worker_kls)
+    for kl in worker_kls:
+        kl_coef = adapt_kl_coef(kl_coef, kl, kl_target, alpha_hat, beta_high, beta_low)
+    return kl_coef
+
+
+class _Batch(NamedTuple):
+    """One worker's batch, in the units minibatches are drawn from: samples ``[n, ...]``
+    (feed-forward) or K-step windows, time-major ``[K, S, ...]`` (recurrent)."""
+
+    obs: Tensor
+    act: Tensor
+    logp: Tensor
+    adv: Tensor
+    ret: Tensor
+    old_val: Tensor
+    resets: Tensor | None  # [K, S] episode starts
+    pi_h0: Tensor | None  # [S, state] policy state at each window's first step
+    v_h0: Tensor | None
+
+    @property
+    def recurrent(self) -> bool:
+        return self.resets is not None
+
+    @property
+    def num_units(self) -> int:
+        return self.obs.shape[1] if self.recurrent else self.obs.shape[0]
+
+    @property
+    def steps_per_unit(self) -> int:
+        return self.obs.shape[0] if self.recurrent else 1
+
+    def take(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Rows of ``x`` for the units ``idx`` (all when None), flattened to ``[n, ...]``."""
+        if not self.recurrent:
+            return x if idx is None else x[idx]
+        x = x if idx is None else x[:, idx]
+        return x.reshape(-1, *x.shape[2:])
+
+
+def _take_dist(dist: Any, batch: _Batch, idx: Tensor | None = None) -> Any:
+    return type(dist)(*(batch.take(f, idx) for f in dist))
+
+
+class DPPO(OnPolicyAlgorithm):
+    """Distributed PPO; one instance per worker, all inside one ``torch.distributed`` group.
+
+    Without a process group it runs as a single worker (W = 1). Example::
+
+        from mbmpo.baselines.dppo import launch
+        launch("runs/dppo", DPPOConfig(env_id="HalfCheetah-v5"), num_workers=2)
+    """
+
+    algo_name = "dppo"
+    config_cls = DPPOConfig
+    config: DPPOConfig
+
+    def __init__(self, config: DPPOConfig, out_dir: str | Path | None = None, console: bool = True):
+        self.rank, self.world_size = distributed.rank_and_world_size()
+        lead = self.rank == 0
+        super().__init__(config, out_dir=out_dir if lead else None, console=console and lead)
+        self.recurrent = self.config.policy_type != "mlp"
+        # identical start everywhere (the seeded init already agrees; this guarantees it)
+        distributed.broadcast_tensors_(self._module_tensors())
+        self.kl_coef = float(self.config.kl_coef)
+        self._states: tuple[Tensor, Tensor] | None = None  # recurrent (policy, value) states [N, S]
+        self._comm_s = 0.0
+        self._last_train_return = math.nan
+
+    # ----- construction hooks ---------------------------------------------------------
+    def _make_env(self, seed: int) -> VecNormalize:
+        # env copy i of rank r gets seed + r * N + i: W workers see W * N distinct episodes
+        return super()._make_env(seed + self.rank * self.config.num_envs)
+
+    def _make_networks(self) -> tuple[nn.Module, nn.Module]:
+        c = self.config
+        if c.policy_type == "mlp":
+            return super()._make_networks()
+        space = self.action_space
+        if not (hasattr(space, "low") and len(space.shape) == 1):
+            raise ConfigError(f"policy_type {c.policy_type!r} needs a 1-D Box action space, got {space}")
+        obs_dim = self.observation_space.shape[0]
+        policy = RecurrentGaussianPolicy(obs_dim, space.shape[0], c.rnn_size, c.hidden_sizes,
+                                         c.policy_type, c.activation, c.init_log_std, c.ortho_init)
+        value = RecurrentValue(obs_dim, c.rnn_size, c.value_hidden_sizes, c.policy_type,
+                               c.activation, c.ortho_init)
+        return policy.to(self.device), value.to(self.device)
+
+    def _build_optimizers(self) -> None:
+        c = self.config
+        self.policy_params = list(self.policy.parameters())
+        self.value_params = list(self.value_fn.parameters())
+        self.policy_optimizer = torch.optim.Adam(self.policy_params, lr=c.learning_rate,
+                                                 eps=c.adam_eps, foreach=True)
+        self.value_optimizer = torch.optim.Adam(self.value_params, lr=c.value_learning_rate,
+                                                eps=c.adam_eps, foreach=True)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy_optimizer": self.policy_optimizer, "value_optimizer": self.value_optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl_coef, "world_size": self.world_size}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl_coef = float(state.get("kl_coef", self.config.kl_coef))
+
+    def _module_tensors(self) -> list[Tensor]:
+        return [*self.policy.parameters(), *self.value_fn.parameters(),
+                *self.policy.buffers(), *self.value_fn.buffers()]
+
+    @property
+    def batch_size(self) -> int:
+        return self.world_size * self.config.num_envs * self.config.num_steps
+
+    # ----- collectives (timed: the 'communicate' share of an iteration) -----------------
+    def _all_reduce(self, t: Tensor) -> Tensor:
+        t0 = time.perf_counter()
+        distributed.all_reduce_sum_(t)
+        self._comm_s += time.perf_counter() - t0
+        return t
+
+    def _store_add(self, key: str, amount: int) -> int:
+        t0 = time.perf_counter()
+        value = distributed.store().add(key, amount)
+        self._comm_s += time.perf_counter() - t0
+        return value
+
+    # ----- acting ---------------------------------------------------------------------
+    def _policy_fn(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if not self.recurrent:
+            return super()._policy_fn(obs)
+        pi_state, v_state = self._states
+        dist, pi_next = self.policy.step(obs, pi_state)
+        value, v_next = self.value_fn.step(obs, v_state)
+        self._states = (pi_next, v_next)
+        act = dist.sample(self.generator)
+        # the stored state is the one this step started from (already reset at episode starts)
+        return act, {"log_prob": dist.log_prob(act), "value": value, "pi_state": pi_state,
+                     "v_state": v_state}
+
+    def _on_step(self, done: Tensor) -> None:
+        if done.any():
+            keep = (~done).unsqueeze(-1).to(self._states[0].dtype)
+            self._states = (self._states[0] * keep, self._states[1] * keep)
+
+    def _act_fn(self, deterministic: bool, num_envs: int) -> Callable[[Tensor], Tensor]:
+        if not self.recurrent:
+            def act(obs: Tensor) -> Tensor:
+                dist = self.policy(obs)
+                return dist.mode() if deterministic else dist.sample(self.generator)
+            return act
+        state = [self.policy.initial_state(num_envs)]
+
+        def act_recurrent(obs: Tensor) -> Tensor:
+            dist, state[0] = self.policy.step(obs, state[0])
+            return dist.mode() if deterministic else dist.sample(self.generator)
+        return act_recurrent
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray | Tensor, deterministic: bool = True, state: Tensor | None = None,
+                episode_start: np.ndarray | Tensor | None = None):
+        """Actions for raw observations ``[B, obs_dim]`` (or one ``[obs_dim]``).
+
+        Feed-forward policies return the actions. Recurrent policies return ``(actions,
+        state)``: pass the returned state to the next call (None starts fresh episodes) and
+        ``episode_start [B]`` (bool) to reset the rows whose episode just began.
+        """
+        if not self.recurrent:
+            return super().predict(obs, deterministic)
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        single = x.dim() == 1
+        x = self.env.normalize_obs(x.unsqueeze(0) if single else x)
+        st = self.policy.initial_state(x.shape[0]) if state is None else torch.as_tensor(state)
+        reset = None if episode_start is None else torch.as_tensor(np.asarray(episode_start), dtype=torch.bool)
+        dist, st = self.policy.step(x, st, reset)
+        act = (dist.mode() if deterministic else dist.sample(self.generator)).cpu().numpy()
+        act = np.clip(act, self.action_space.low, self.action_space.high)
+        return (act[0] if single else act), st
+
+    def evaluate(self, num_episodes: int = 10, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of ``num_episodes`` full episodes (never counted as training).
+
+        Inside a process group this is a collective: every worker must call it; worker r
+        runs a contiguous block of the episodes (seeded as a single process would) and all
+        workers get all results.
+        """
+        rank, world = distributed.rank_and_world_size()
+        lo, hi = num_episodes * rank // world, num_episodes * (rank + 1) // world
+        out = torch.zeros(2, num_episodes, dtype=torch.float64)
+        if hi > lo:
+            env = eval_env(self, hi - lo, env_kwargs=self.config.env_kwargs, device=self.device)
+            rets, lens = evaluate_episodes(env, self._act_fn(deterministic, hi - lo),
+                                           self.env.normalize_obs, seed=eval_seed(self) + lo)
+            out[0, lo:hi] = torch.as_tensor(rets, dtype=torch.float64)
+            out[1, lo:hi] = torch.as_tensor(lens, dtype=torch.float64)
+        self._all_reduce(out)
+        return out[0].numpy(), out[1].numpy().astype(np.int64)
+
+    # ----- one iteration --------------------------------------------------------------
+    def _num_report(self) -> int:
+        d = self.config.num_report
+        return self.world_size if d == 0 else min(d, self.world_size)
+
+    def _collect(self) -> tuple[Rollout, bool]:
+        """This worker's rollout and whether it finished all T steps (False: preempted)."""
+        c = self.config
+        if self.recurrent and self._obs is None:  # fresh episodes start from zero states
+            n = self.env.num_envs
+            self._states = (self.policy.initial_state(n), self.value_fn.initial_state(n))
+        hook = self._on_step if self.recurrent else None
+        need = self._num_report()
+        if need >= self.world_size:  # fully synchronous: nobody is preempted
+            chunk, key = c.num_steps, None
+        else:
+            chunk, key = c.window_length * c.straggler_check_windows, f"collected/{self.iteration}"
+        parts, steps = [], 0
+        while steps < c.num_steps:
+            n = min(chunk, c.num_steps - steps)
+            part = collect(self.env, self._policy_fn, n, self._obs, self._ts, on_step=hook)
+            self._obs, self._ts = part.last_obs, part.last_timesteps
+            parts.append(part)
+            steps += n
+            if key is not None and steps < c.num_steps and self._store_add(key, 0) >= need:
+                return concat_rollouts(parts), False
+        if key is not None:
+            self._store_add(key, 1)
+        return concat_rollouts(parts), True
+
+    def _merge_after_collection(self, rollout: Rollout, bases: list[dict[str, Tensor]],
+                                finished: bool) -> dict[str, float]:
+        """One all_reduce: normalization moments (merged into identical global statistics)
+        plus the iteration's counts; returns the global counts."""
+        stats = list(zip((self.env.obs_rms, self.env.ret_rms), bases))
+        rets, lens = rollout.episode_returns, rollout.episode_lengths
+        moments = pack_new_moments(stats)
+        tail = torch.tensor([rollout.num_steps * rollout.num_envs, float(not finished), sum(rets),
+                             len(rets), sum(lens)], dtype=torch.float64, device=moments.device)
+        vec = self._all_reduce(torch.cat([moments, tail]))
+        merge_new_moments(stats, vec[: -len(tail)])
+        steps, preempted, ret_sum, num_eps, len_sum = vec[-len(tail):].tolist()
+        if self.rank == 0 and self._num_report() < self.world_size:
+            # everyone is past the collection: this iteration's counter is read no more
+            distributed.store().delete_key(f"collected/{self.iteration}")
+        return {"steps": int(steps), "preempted": int(preempted), "ret_sum": ret_sum,
+                "num_episodes": int(num_eps), "len_sum": len_sum}
+
+    def compute_advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        c = self.config
+        with torch.no_grad():
+            if self.recurrent:
+                k, n = c.window_length, rollout.num_envs
+                v, nv = self.value_fn.values_and_bootstrap(
+                    to_windows(rollout.obs, k), to_windows(rollout.next_obs, k),
+                    self._window_starts(rollout, "v_state"), to_windows(rollout.timesteps == 0, k))
+                values, next_values = from_windows(v, n), from_windows(nv, n)
+            else:
+                values, next_values = rollout.extras["value"], self.value_fn(rollout.next_obs)
+        return k_step_returns(rollout.rewards, values, next_values, rollout.terminated,
+                              rollout.truncated, c.gamma, c.window_length, c.gae_lambda)
+
+    def _window_starts(self, rollout: Rollout, name: str) -> Tensor:
+        """The recorded state at each window's first step, ``[(T / K) * N, state]``."""
+        x = rollout.extras[name][:: self.config.window_length]
+        return x.reshape(-1, x.shape[-1])
+
+    def _make_batch(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> _Batch:
+        adv = normalize_advantages(advantages)  # per-batch normalization ([H], "Normalization")
+        if not self.recurrent:
+            f = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+            return _Batch(rollout.flat("obs"), rollout.flat("actions"), rollout.flat("log_prob"),
+                          f(adv), f(returns), rollout.flat("value"), None, None, None)
+        k = self.config.window_length
+        w = lambda x: to_windows(x, k)  # noqa: E731
+        return _Batch(w(rollout.obs), w(rollout.actions), w(rollout.extras["log_prob"]), w(adv),
+                      w(returns), w(rollout.extras["value"]), w(rollout.timesteps == 0),
+                      self._window_starts(rollout, "pi_state"), self._window_starts(rollout, "v_state"))
+
+    def _dist(self, b: _Batch, idx: Tensor | None = None) -> Any:
+        """Policy distribution on units ``idx`` (all when None), unflattened."""
+        if not b.recurrent:
+            return self.policy(b.obs if idx is None else b.obs[idx])
+        if idx is None:
+            return self.policy(b.obs, b.pi_h0, b.resets)
+        return self.policy(b.obs[:, idx], b.pi_h0[idx], b.resets[:, idx])
+
+    def _values(self, b: _Batch, idx: Tensor) -> Tensor:
+        if not b.recurrent:
+            return self.value_fn(b.obs[idx])
+        return self.value_fn(b.obs[:, idx], b.v_h0[idx], b.resets[:, idx]).reshape(-1)
+
+    def _average_step(self, params: list[Tensor], grads: Sequence[Tensor] | None, n: int,
+                      extras: Tensor) -> tuple[Tensor, float]:
+        """Average the workers' gradients, weighted by their sample counts ``n``, in one
+        all_reduce; returns the weighted mean of ``extras`` and the total count. The averaged
+        gradient is left in ``p.grad``."""
+        dev = params[0].device
+        flat_g = (torch.cat([g.reshape(-1) for g in grads]) * n if grads is not None
+                  else torch.zeros(sum(p.numel() for p in params), device=dev))
+        flat = self._all_reduce(torch.cat([flat_g, extras.float().to(dev) * n,
+                                           torch.tensor([float(n)], device=dev)]))
+        total = float(flat[-1])
+        if total > 0:
+            g, i = flat[: flat_g.numel()] / total, 0
+            for p in params:
+                p.grad = g[i : i + p.numel()].view_as(p).clone()
+                i += p.numel()
+        return flat[flat_g.numel() : -1] / max(total, 1.0), total
+
+    def update(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        """M policy and B value sub-iterations with averaged gradients; returns local and
+        global scalars (the lambda rule runs afterwards in :meth:`_iterate`)."""
+        c = self.config
+        if c.anneal_lr:
+            frac = max(0.0, 1.0 - self.num_timesteps / self.total_steps)
+            for opt, lr in ((self.policy_optimizer, c.learning_rate),
+                            (self.value_optimizer, c.value_learning_rate)):
+                for g in opt.param_groups:
+                    g["lr"] = frac * lr
+        b = self._make_batch(rollout, advantages, returns)
+        with torch.no_grad():
+            old = self._dist(b).detach()  # pi_old, frozen
+        lam, xi, target = self.kl_coef, c.kl_hinge_coef, c.kl_target
+        policy_rows, policy_steps, stopped = [], 0, False
+        for _ in range(c.policy_iters):
+            perm = torch.randperm(b.num_units, generator=self.generator, device=self.generator.device)
+            for idx in torch.tensor_split(perm, c.num_minibatches):
+                n = idx.numel() * b.steps_per_unit
+                grads, extras = None, torch.zeros(3)
+                if n:
+                    dist = _take_dist(self._dist(b, idx), b)
+                    ratio = (dist.log_prob(b.take(b.act, idx)) - b.take(b.logp, idx)).exp()
+                    surrogate = (ratio * b.take(b.adv, idx)).mean()
+                    kl = _take_dist(old, b, idx).kl(dist).mean()
+                    loss = -surrogate + lam * kl + xi * torch.relu(kl - 2.0 * target) ** 2
+                    grads = torch.autograd.grad(loss, self.policy_params)
+                    extras = torch.stack([kl, surrogate, loss]).detach()
+                means, total = self._average_step(self.policy_params, grads, n, extras)
+                if total == 0:
+                    continue
+                if c.kl_stop_factor > 0 and means[0].item() > c.kl_stop_factor * target:
+                    stopped = True  # [H]: KL too far from pi_old, end this iteration's policy steps
+                    break
+                if c.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self.policy_params, c.max_grad_norm, foreach=True)
+                self.policy_optimizer.step()
+                policy_rows.append(means)
+                policy_steps += 1
+            if stopped:
+                break
+        value_rows = []
+        for _ in range(c.value_iters):
+            perm = torch.randperm(b.num_units, generator=self.generator, device=self.generator.device)
+            for idx in torch.tensor_split(perm, c.num_minibatches):
+                n = idx.numel() * b.steps_per_unit
+                grads, extras = None, torch.zeros(1)
+                if n:
+                    v_loss = 0.5 * ((self._values(b, idx) - b.take(b.ret, idx)) ** 2).mean()
+                    grads = torch.autograd.grad(v_loss, self.value_params)
+                    extras = v_loss.detach().reshape(1)
+                means, total = self._average_step(self.value_params, grads, n, extras)
+                if total == 0:
+                    continue
+                if c.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self.value_params, c.max_grad_norm, foreach=True)
+                self.value_optimizer.step()
+                value_rows.append(means)
+        with torch.no_grad():
+            new = _take_dist(self._dist(b), b)
+            kl_local = _take_dist(old, b).kl(new).mean().item()
+            entropy_local = new.entropy().mean().item()
+        stats = {"train/policy_steps": float(policy_steps), "train/policy_stopped_early": float(stopped),
+                 "train/learning_rate": self.policy_optimizer.param_groups[0]["lr"],
+                 "train/explained_variance": explained_variance(b.take(b.old_val), b.take(b.ret)),
+                 "_kl_local": kl_local, "_entropy_local": entropy_local,
+                 "_num_samples": float(b.num_units * b.steps_per_unit)}
+        if policy_rows:  # none when the KL stop fired before the first step
+            kl_mb, surrogate, loss = torch.stack(policy_rows).mean(0).tolist()
+            stats.update({"loss/policy": loss, "train/surrogate": surrogate,
+                          "train/kl_during_update": kl_mb})
+        if value_rows:
+            stats["loss/value"] = torch.stack(value_rows).mean().item()
+        return stats
+
+    def _reduce_report(self, stats: dict[str, float], timings: Sequence[float]) -> dict[str, float]:
+        """One all_reduce of every worker's KL, sample count, entropy and time split; then the
+        lambda rule (identical inputs, so identical lambda on every worker)."""
+        w, r = self.world_size, self.rank
+        vec = torch.zeros(3 * w + len(timings), dtype=torch.float64)
+        vec[r], vec[w + r], vec[2 * w + r] = (stats.pop("_kl_local"), stats.pop("_num_samples"),
+                                              stats.pop("_entropy_local"))
+        vec[3 * w :] = torch.tensor(timings, dtype=torch.float64)
+        self._all_reduce(vec)
+        kls, ns, ents = vec[:w].tolist(), vec[w : 2 * w], vec[2 * w : 3 * w]
+        kl_mean = float((vec[:w] * ns).sum() / ns.sum())
+        c = self.config
+        stats.update({"train/kl": kl_mean, "train/kl_max_worker": max(kls),
+                      "train/kl_coef": self.kl_coef,
+                      "loss/entropy": float((ents * ns).sum() / ns.sum())})
+        if c.kl_coef_rule == "per_worker":
+            self.kl_coef = adapt_kl_coef_per_worker(self.kl_coef, kls, c.kl_target, c.kl_alpha,
+                                                    c.kl_beta_high, c.kl_beta_low)
+        else:
+            self.kl_coef = adapt_kl_coef(self.kl_coef, kl_mean, c.kl_target, c.kl_alpha,
+                                         c.kl_beta_high, c.kl_beta_low)
+        for name, total in zip(("collect_s", "comm_s", "update_s"), vec[3 * w :].tolist()):
+            stats[f"time/{name}"] = total / w  # mean over workers
+        return stats
+
+    def _iteration_seed(self) -> int:
+        # sampling noise and minibatch order: a function of (seed, rank, iteration), so a
+        # resumed run (with any W) draws reproducibly without per-rank generator states
+        return (self.config.seed * 1_000_003 + self.rank * 7919 + self.iteration * 104_729) % 2**62
+
+    def _iterate(self, bar) -> None:
+        c = self.config
+        self._comm_s = 0.0
+        t0 = time.perf_counter()
+        self.generator.manual_seed(self._iteration_seed())
+        bases = [{k: v.clone() for k, v in rms.state_dict().items()}
+                 for rms in (self.env.obs_rms, self.env.ret_rms)]
+        rollout, finished = self._collect()
+        t1 = time.perf_counter()
+        comm_collect = self._comm_s
+        counts = self._merge_after_collection(rollout, bases, finished)
+        adv, ret = self.compute_advantages(rollout)
+        stats = self.update(rollout, adv, ret)
+        t2 = time.perf_counter()
+        comm_update = self._comm_s - comm_collect
+        stats = self._reduce_report(stats, [t1 - t0 - comm_collect, self._comm_s,
+                                            t2 - t1 - comm_update])
+        t3 = time.perf_counter()
+        self._check_finite(stats)
+        self.iteration += 1
+        self.num_timesteps += counts["steps"]
+        self.wall_time += t3 - t0
+        bar.update(counts["steps"])
+        if counts["num_episodes"]:
+            self._last_train_return = counts["ret_sum"] / counts["num_episodes"]
+        log = self.logger
+        log.record("iteration", self.iteration)
+        log.record("real_steps", self.num_timesteps)
+        log.record_dict(stats)
+        if not math.isnan(self._last_train_return):
+            log.record("train/episode_return", self._last_train_return)
+        if counts["num_episodes"]:
+            log.record("train/episode_length", counts["len_sum"] / counts["num_episodes"])
+        log.record("dist/workers", self.world_size)
+        log.record("dist/workers_preempted", counts["preempted"])
+        log.record("dist/steps_per_iteration", counts["steps"])
+        log.record("time/iteration_s", t3 - t0)
+        log.record("time/sps", counts["steps"] / (t3 - t0))
+        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
+
+
+# ----- launching ------------------------------------------------------------------------------
+def _worker(config: dict[str, Any] | None, out_dir: str, resume: bool, overrides: dict[str, Any]) -> None:
+    """Body of one worker process (called inside the process group)."""
+    rank, _ = distributed.rank_and_world_size()
+    if resume:
+        path = resolve_checkpoint_path(out_dir)
+        # rank 0 reads the file; the others get it over the group (no shared disk needed)
+        state = distributed.broadcast_object(load_checkpoint(path) if rank == 0 else None)
+        algo = algorithm_from_state(DPPO, state, str(path), out_dir, rank == 0, overrides)
+    else:
+        algo = DPPO(config_from_dict(DPPOConfig, config, source="launcher"), out_dir=out_dir,
+                    console=rank == 0)
+    try:
+        algo.learn(algo.config.total_steps)
+    finally:
+        algo.close()
+
+
+def launch(out_dir: str | Path, config: DPPOConfig | None = None, *, resume: bool = False,
+           overrides: dict[str, Any] | None = None, num_workers: int | None = None,
+           threads: int = 1) -> bool:
+    """Train DPPO with W workers: spawn W local processes, or run as this torchrun worker.
+
+    Args:
+        out_dir: run directory (rank 0 writes logs and checkpoints there).
+        config: the run's config (fresh runs).
+        resume: continue the run in ``out_dir`` from its last checkpoint; ``overrides``
+            change config fields (e.g. ``total_steps``). W may differ from the earlier run.
+        num_workers: W for local runs (default 1; on resume the earlier run's W). Ignored
+            under torchrun, where W is torchrun's world size.
+        threads: torch CPU threads per worker.
+
+    Returns:
+        True in the process that should post-process the run (the local launcher, or rank 0
+        under torchrun).
+
+    Raises:
+        WorkerError: a worker died or crashed (the message names its rank); the last
+            checkpoint is left intact.
+    """
+    out_dir = str(out_dir)
+    if resume:
+        state = load_checkpoint(out_dir)
+        if state.get("algo") != DPPO.algo_name:
+            raise CheckpointError(f"run {out_dir!r} holds algo {state.get('algo')!r}, not 'dppo'")
+        cfg = config_from_dict(DPPOConfig, {**state["config"], **(overrides or {})},
+                               source=f"checkpoint {out_dir}")
+        if num_workers is None:
+            num_workers = int(state.get("extra", {}).get("world_size", 1))
+        job = (None, out_dir, True, dict(overrides or {}))
+    else:
+        if config is None:
+            raise ConfigError("launch() needs a config for a fresh run (or resume=True)")
+        cfg = config
+        job = (config.to_dict(), out_dir, False, {})
+    cfg.validate()  # a bad config fails here once, not in W processes
+    ckpt = Path(out_dir) / "checkpoints" / "last.pt"
+
+    def hint() -> str:  # built when a failure is reported: the checkpoint may be newer
+        if not ckpt.exists():
+            return "; no checkpoint was written yet"
+        return (f"; the last checkpoint is intact: {ckpt} (continue with: "
+                f"python scripts/train.py --resume {out_dir} [--workers W])")
+
+    kwargs = dict(threads=threads, backend=distributed.default_backend(cfg.device),
+                  timeout_s=cfg.collective_timeout_s, failure_hint=hint)
+    if distributed.under_torchrun():
+        return distributed.run_under_torchrun(_worker, job, **kwargs) == 0
+    distributed.spawn(_worker, job, 1 if num_workers is None else num_workers, **kwargs)
+    return True
