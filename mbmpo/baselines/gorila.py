@@ -307,19 +307,18 @@ class Gorila:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.console = console
         probe = make_env_fn(c.env_id, c.env_kwargs)()
-        raw_space = probe.action_space
-        obs_space = probe.observation_space
-        probe.close()
-        check_spaces(obs_space, raw_space)
+        raw_space, obs_space, act_space = probe.action_space, probe.observation_space, probe.action_space
         self.wrapper: Callable[[gym.Env], gym.Env] | None = None
         self._bin_values: list[np.ndarray] | None = None
-        if isinstance(raw_space, gym.spaces.Box):
-            bins = expand_bins(c.action_bins, raw_space.shape[0])
-            self.wrapper = discretize_wrapper(bins, c.action_factorization)
-            self._bin_values = bin_values(raw_space.low, raw_space.high, bins)
-            act_space = self.wrapper(make_env_fn(c.env_id, c.env_kwargs)()).action_space
-        else:
-            act_space = raw_space
+        try:
+            check_spaces(obs_space, raw_space)
+            if isinstance(raw_space, gym.spaces.Box):
+                bins = expand_bins(c.action_bins, raw_space.shape[0])
+                self.wrapper = discretize_wrapper(bins, c.action_factorization)
+                self._bin_values = bin_values(raw_space.low, raw_space.high, bins)
+                act_space = self.wrapper(probe).action_space
+        finally:
+            probe.close()
         self.observation_space, self.action_space = obs_space, raw_space
         self.obs_dim = obs_space.shape[0]
         self.spec = WorkerSpec(c, self.wrapper, self.obs_dim, action_nvec(act_space),

@@ -405,6 +405,9 @@ class ReplayMemory:
     def size(self) -> int:
         return len(self.buffer)
 
+    def flush(self) -> None:
+        """In-process memory: every add is already stored."""
+
     def sample_batches(self, num_batches: int, batch_size: int) -> dict[str, Tensor] | None:
         """``num_batches`` stacked batches, or None while the memory holds fewer than
         ``batch_size`` rows (e.g. just after its process was restarted)."""
@@ -442,12 +445,16 @@ class RemoteReplay:
         return self._handle
 
     def add(self, *cols: Tensor) -> None:
-        import ray
-
-        # at most one add in flight: back-pressure instead of an unbounded queue
-        if self._last_add is not None:
-            ray.get(self._last_add)
+        self.flush()  # at most one add in flight: back-pressure instead of an unbounded queue
         self._last_add = self.handle.add.remote(*cols)
+
+    def flush(self) -> None:
+        """Wait until every transition sent so far is stored."""
+        if self._last_add is not None:
+            import ray
+
+            ray.get(self._last_add)
+            self._last_add = None
 
     def size(self) -> int:
         import ray
@@ -553,6 +560,7 @@ class ActorCore:
             lengths += roll.episode_lengths
             done += t
             self._since_sync += t
+        self.replay.flush()  # a finished chunk's transitions are in the memory
         return {"steps": num_steps * c.num_envs, "episode_returns": returns,
                 "episode_lengths": lengths, "epsilon": self.epsilon, "pid": os.getpid(),
                 "restarted": self.restarted}
