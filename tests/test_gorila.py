@@ -307,6 +307,21 @@ def test_in_process_components_are_deterministic():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+def test_acrobot_and_joint_discretized_actions_in_process():
+    acro, _ = in_process_run(GorilaConfig(env_id="Acrobot-v1", learning_starts=100, batch_size=16,
+                                          num_actors=1), 300)
+    assert acro.spec.action_nvec == (3,) and acro.spec.discrete
+    assert set(acro.predict(np.zeros((5, 6), np.float32)).tolist()) <= {0, 1, 2}
+    # HalfCheetah with 2 bins per joint as one joint-product action (2^6 = 64 Q-values)
+    hc, _ = in_process_run(GorilaConfig(env_id="HalfCheetah-v5", action_bins=(2,), learning_starts=100,
+                                        batch_size=16, action_factorization="joint", num_actors=1), 200)
+    assert hc.spec.action_nvec == (64,) and hc.spec.discrete
+    a = hc.predict(np.zeros((3, 17), np.float32))
+    assert a.shape == (3, 6) and set(a.ravel().tolist()) <= {-1.0, 1.0}
+    acro.close()
+    hc.close()
+
+
 def test_checkpoint_roundtrip_and_predict_without_ray(tmp_path, monkeypatch):
     cfg = GorilaConfig(env_id="Pendulum-v1", action_bins=(5,), learning_starts=50, batch_size=16,
                        normalize_obs=True, checkpoint_replay=True, num_actors=1, num_param_shards=1)
