@@ -107,7 +107,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
-        ("ppo_tuned", "s2"), ("trpo", "s0")}
+        ("ppo_tuned", "s2")}
 
 
 def test_run_status_decisions(tmp_path):
