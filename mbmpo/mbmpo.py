@@ -35,7 +35,13 @@ from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
-from mbmpo.meta import adapt_tasks, forward_per_row, forward_per_task, policy_params
+from mbmpo.meta import (
+    adapt_tasks,
+    forward_per_row,
+    forward_per_task,
+    likelihood_ratio_objective,
+    policy_params,
+)
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
 from mbmpo.returns import discount_cumsum, gae
@@ -480,9 +486,8 @@ class MBMPO:
             return forward_per_task(self.policy, stacked, post.obs)
 
         def surrogate() -> Tensor:
-            d = dist_new()
-            ratio = (d.log_prob(post.act) - post.log_prob).exp()
-            return (ratio * post.adv).mean()
+            # tasks have equal sample counts, so the mean of task means is the overall mean
+            return likelihood_ratio_objective(dist_new(), post.act, post.adv, post.log_prob).mean()
 
         def kl() -> Tensor:
             return post.dist.kl(dist_new()).mean()

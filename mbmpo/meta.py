@@ -24,18 +24,24 @@ def policy_params(policy: nn.Module) -> Params:
     return dict(policy.named_parameters())
 
 
-def vpg_surrogate(policy: nn.Module, params: Params, obs: Tensor, act: Tensor, adv: Tensor,
-                  old_log_prob: Tensor) -> Tensor:
-    """``J(params) = mean(exp(log pi_params(a|s) - old_log_prob) * A)``.
+def likelihood_ratio_objective(dist, act: Tensor, adv: Tensor, old_log_prob: Tensor) -> Tensor:
+    """``mean_b(exp(log pi(a_b|s_b) - old_log_prob_b) * A_b)`` over the last (sample) axis.
 
-    At ``params = theta_old`` its gradient is the vanilla policy gradient
+    ``act [..., B, act_dim]``, ``adv, old_log_prob [..., B]`` -> ``[...]`` (one value per task
+    for ``[T, B]`` batches). At the sampling policy its gradient is the vanilla policy gradient
     ``mean(grad log pi(a|s) * A)``; away from it the likelihood ratio keeps the estimate
     consistent (ProMP, Rothfuss et al. 2019, eq. 6).
+    """
+    return ((dist.log_prob(act) - old_log_prob).exp() * adv).mean(-1)
+
+
+def vpg_surrogate(policy: nn.Module, params: Params, obs: Tensor, act: Tensor, adv: Tensor,
+                  old_log_prob: Tensor) -> Tensor:
+    """:func:`likelihood_ratio_objective` of ``policy`` evaluated with ``params``.
 
     Shapes: ``obs [B, obs_dim]``, ``act [B, act_dim]``, ``adv [B]``, ``old_log_prob [B]``.
     """
-    dist = functional_call(policy, params, (obs,))
-    return ((dist.log_prob(act) - old_log_prob).exp() * adv).mean()
+    return likelihood_ratio_objective(functional_call(policy, params, (obs,)), act, adv, old_log_prob)
 
 
 def adapt(
@@ -86,14 +92,15 @@ def adapt_tasks(
     ``theta`` is broadcast to ``[T, ...]`` and the objective is the sum over tasks of each
     task's mean surrogate, so one batched forward and one backward give every task's own
     gradient (task t's loss depends only on slice t), with T times fewer small ops than a
-    loop over tasks. The per-task objective is :func:`vpg_surrogate`.
+    loop over tasks. The per-task objective is
+    :func:`likelihood_ratio_objective`.
     """
     num_tasks = obs.shape[0]
     names = list(params)
     cur = {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in params.items()}
     for _ in range(num_steps):
         dist = forward_per_task(policy, cur, obs)
-        j = ((dist.log_prob(act) - old_log_prob).exp() * adv).mean(1).sum()
+        j = likelihood_ratio_objective(dist, act, adv, old_log_prob).sum()
         grads = torch.autograd.grad(j, [cur[n] for n in names], create_graph=not first_order,
                                     allow_unused=True)
         new = {}
