@@ -287,6 +287,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
         if label not in variants:
             raise ConfigError(f"--total-steps {label}=...: no label {label!r}; labels: {', '.join(variants) or 'none'}")
         variants[label].total_steps = parse_steps(val, f"--total-steps of {label!r}")
+    if args.only:
+        unknown = [label for label in args.only if label not in variants]
+        if unknown:
+            raise ConfigError(f"--only {' '.join(unknown)}: no such label; labels: {', '.join(variants) or 'none'}")
+        variants = {label: variants[label] for label in args.only}
     envs = args.envs or spec.get("envs") or []
     envs = [envs] if isinstance(envs, str) else [str(e) for e in envs]
     seeds = parse_seeds(args.seeds if args.seeds is not None else spec.get("seeds", 1))
@@ -295,7 +300,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     inc_items = [(k, p) for k, ps in inc.items() for p in (ps if isinstance(ps, list) else [ps])]
     for key, pattern in [*inc_items, *parse_assignments(args.include or [], "--include")]:
         label, _, env = str(key).partition(":")
-        includes.append((check_label(label), env or None, str(pattern)))
+        if not args.only or label in args.only:
+            includes.append((check_label(label), env or None, str(pattern)))
     if not variants and not includes:
         raise ConfigError("nothing to compare: give --algos (or --spec with variants) or --include")
     if variants and not envs:
@@ -325,6 +331,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     report["random_returns"] = rnd
     labels = list(dict.fromkeys([*variants, *(lbl for lbl, _, _ in includes)]))
     report["labels"] = labels
+    if args.only and args.reference is None and report.get("reference") not in labels:
+        report.pop("reference", None)  # the spec's reference is not among the --only labels
     if "reference" not in report:
         report["reference"] = "ppo" if "ppo" in labels else labels[0]
     elif report["reference"] not in labels:
@@ -627,6 +635,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--include", nargs="+", metavar="LABEL[:ENV]=GLOB",
                    help="existing run dirs / progress.csv files to use as seeds of LABEL")
     p.add_argument("--spec", help="comparison spec YAML (command-line flags win)")
+    p.add_argument("--only", nargs="+", metavar="LABEL", help="train and report only these labels "
+                   "(e.g. the cheap ones of a spec first)")
     p.add_argument("--jobs", type=int, help="training runs at once (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
     p.add_argument("--reference", help="label of the sample-efficiency ratios (default: ppo, "

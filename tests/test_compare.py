@@ -97,6 +97,17 @@ def test_presets_and_overrides_resolved_and_validated(tmp_path):
         plan_for(tmp_path, "--envs", "HalfCheetah-v5")
 
 
+def test_only_restricts_labels_includes_and_reference(tmp_path):
+    spec = ROOT / "scripts/configs/compare/halfcheetah.yaml"
+    plan = plan_for(tmp_path, "--spec", str(spec), "--only", "mbmpo", "trpo")
+    assert list(plan.variants) == ["mbmpo", "trpo"] and plan.includes == []
+    assert plan.report.labels == ["mbmpo", "trpo"] and plan.report.reference == "mbmpo"
+    plan = plan_for(tmp_path, "--spec", str(spec), "--only", "ppo_tuned")
+    assert [inc[0] for inc in plan.includes] == ["ppo_tuned"] and plan.report.reference == "ppo_tuned"
+    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, ppo, ppo_tuned, trpo"):
+        plan_for(tmp_path, "--spec", str(spec), "--only", "nope")
+
+
 def test_spec_files_shipped_are_valid(tmp_path):
     t1 = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/ppo_table1.yaml"))
     assert len(t1.variants) == 11 and t1.report.normalized_score and t1.report.reference == "clip_0.2"
