@@ -393,6 +393,16 @@ def read_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.timeout(60)
+def test_ray_workers_run_at_the_drivers_priority(ray_session):
+    # Ray's default worker niceness (15) starves actors and learners next to any other job
+    @ray_session.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray_session.get(niceness.remote(), timeout=50) == os.nice(0)
+
+
 @pytest.mark.timeout(120)
 def test_cartpole_two_actors_one_learner(ray_session, tmp_path):
     out = tmp_path / "run"

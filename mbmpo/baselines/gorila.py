@@ -246,6 +246,10 @@ def init_ray(num_cpus: int = 0) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(include_dashboard=False, logging_level="warning")
         return True
+    # Ray starts its workers at niceness 15; next to other jobs (e.g. a second training run
+    # on the same cores) the actors and learners then get a few percent of a core and a run
+    # crawls (measured: 24 env steps/s instead of 420). Workers run at normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     with _local_http_only():
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level="warning")
