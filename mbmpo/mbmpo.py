@@ -34,6 +34,7 @@ from mbmpo.checkpoint import save_checkpoint
 from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.kl_penalty import ppo_adapt_kl_coef
 from mbmpo.logger import Logger
 from mbmpo.meta import (
     adapt_tasks,
@@ -147,6 +148,15 @@ class MBMPOConfig(BaseConfig):
     """PPO outer step: epochs per meta-step (adapted policies recomputed every epoch)."""
     outer_clip: float = 0.3
     """PPO outer step: clipping epsilon."""
+    inner_kl_coef: float = 0.0
+    """PPO outer step: initial weight eta of the KL penalty on the inner step (ProMP):
+    ``- eta * KL(pi_theta_old || pi_theta)`` on the pre-update samples keeps the pre-update
+    policy, the inner step's starting point, near the one that collected them. 0 = off."""
+    inner_kl_target: float = 0.01
+    """Target of that KL; eta is halved below target / 1.5 and doubled above target * 1.5
+    after every meta-step (ProMP, the PPO paper's rule)."""
+    adaptive_inner_kl: bool = True
+    """Adapt eta as above (otherwise it stays at ``inner_kl_coef``)."""
     normalize_adv: bool = True
     """Normalize advantages per task."""
     baseline: str = "linear"
@@ -178,6 +188,9 @@ class MBMPOConfig(BaseConfig):
             raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
         if self.warmup_steps < 0 or self.inner_lr < 0:
             raise ConfigError(f"warmup_steps and inner_lr must be >= 0, got {self.warmup_steps}, {self.inner_lr}")
+        if self.inner_kl_coef < 0 or self.inner_kl_target <= 0:
+            raise ConfigError(f"inner_kl_coef must be >= 0 and inner_kl_target > 0, got "
+                              f"{self.inner_kl_coef}, {self.inner_kl_target}")
         if not 0 < self.fvp_subsample <= 1:
             raise ConfigError(f"fvp_subsample must be in (0, 1], got {self.fvp_subsample}")
         if not 0 < self.model_val_fraction < 1:
@@ -265,6 +278,7 @@ class MBMPO:
             max_epochs=c.model_max_epochs, val_fraction=c.model_val_fraction,
             bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema)
         self.outer_optimizer = None
+        self.inner_kl_coef = float(c.inner_kl_coef)
         if c.outer == "ppo":
             self.outer_optimizer = torch.optim.Adam(self.outer_params(), lr=c.outer_learning_rate)
         self.collect_params: dict[str, Tensor] | None = None  # adapted params for real collection
@@ -516,21 +530,33 @@ class MBMPO:
                 "meta/step_accepted": float(info.accepted), "meta/num_backtracks": float(info.num_backtracks)}
 
     def _outer_ppo(self, pre: TaskBatch, post: TaskBatch) -> dict[str, float]:
+        """ProMP-style outer step: Adam on the clipped post-update surrogate, re-adapting
+        theta'_k(theta) every epoch, minus ``eta * KL(pi_theta_old || pi_theta)`` on the
+        pre-update samples when ``inner_kl_coef > 0``."""
         c = self.config
         assert self.outer_optimizer is not None
+        pre_old = self.policy(pre.obs).detach()  # frozen theta_old on the pre-update samples
+        eta = self.inner_kl_coef
         first = last = float("nan")
         for _ in range(c.outer_epochs):
             stacked = self._adapt_all(pre, create_graph=True)
             d = forward_per_task(self.policy, stacked, post.obs)
             ratio = (d.log_prob(post.act) - post.log_prob).exp()
             obj = torch.min(ratio * post.adv, ratio.clamp(1 - c.outer_clip, 1 + c.outer_clip) * post.adv).mean()
+            if eta > 0:
+                obj = obj - eta * pre_old.kl(self.policy(pre.obs)).mean()
             self.outer_optimizer.zero_grad(set_to_none=True)
             (-obj).backward()
             self.outer_optimizer.step()
             last = obj.item()
             first = last if math.isnan(first) else first
+        with torch.no_grad():
+            inner_kl = pre_old.kl(self.policy(pre.obs)).mean().item()
+        if eta > 0 and c.adaptive_inner_kl:
+            self.inner_kl_coef = ppo_adapt_kl_coef(eta, inner_kl, c.inner_kl_target)
         _, kl = self._outer_surrogate_and_kl(pre, post)  # the inner step needs autograd
-        return {"meta/kl": kl().detach().item(), "meta/surrogate_change": last - first}
+        return {"meta/kl": kl().detach().item(), "meta/surrogate_change": last - first,
+                "meta/inner_kl": inner_kl, "meta/inner_kl_coef": eta}
 
     # ----- the loop -----------------------------------------------------------------------
     def learn(self, total_steps: int | None = None) -> MBMPO:
@@ -614,6 +640,7 @@ class MBMPO:
             "init_states": self.init_states,
             "collect_params": self.collect_params or {},
             "outer_optimizer": self.outer_optimizer.state_dict() if self.outer_optimizer else {},
+            "inner_kl_coef": self.inner_kl_coef,
             "value_fn": self.value_fn.state_dict() if self.value_fn is not None else {},
             "value_optimizer": self.value_optimizer.state_dict() if self.value_optimizer else {},
             "generator": self.generator.get_state(),
@@ -639,6 +666,7 @@ class MBMPO:
                 self.value_fn.load_state_dict(state["value_fn"])
                 self.value_optimizer.load_state_dict(state["value_optimizer"])
             self.generator.set_state(state["generator"])
+            self.inner_kl_coef = float(state.get("inner_kl_coef", self.config.inner_kl_coef))
             cnt = state["counters"]
         except (KeyError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]

@@ -440,3 +440,11 @@ def test_under_torchrun_the_script_runs_as_a_worker_without_spawning(tmp_path):
     rows = list(csv.DictReader((out / "progress.csv").open()))
     assert [int(r["real_steps"]) for r in rows] == [200, 400]
     assert all(r["dist/workers"] == "2" for r in rows)
+
+
+def test_ppo_paper_kl_rule():
+    from mbmpo.kl_penalty import ppo_adapt_kl_coef
+    t = 0.01
+    assert ppo_adapt_kl_coef(1.0, 0.016, t) == 2.0  # > 1.5 * target
+    assert ppo_adapt_kl_coef(1.0, 0.006, t) == 0.5  # < target / 1.5
+    assert ppo_adapt_kl_coef(1.0, 0.014, t) == ppo_adapt_kl_coef(1.0, 0.007, t) == 1.0

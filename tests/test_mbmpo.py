@@ -69,12 +69,35 @@ def test_first_order_ppo_outer_learned_inner_lr_and_mlp_baseline_run():
         assert torch.isfinite(flat(algo)).all()
 
 
+def _ppo_meta_step(**kw):
+    algo = MBMPO(pm_config(outer="ppo", outer_epochs=4, outer_learning_rate=0.01, **kw), console=False)
+    algo._collect_real()
+    algo.fit_models()
+    return algo, algo.meta_step()
+
+
+def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
+    _, free = _ppo_meta_step()
+    held, stats = _ppo_meta_step(inner_kl_coef=50.0, adaptive_inner_kl=False)
+    assert free["meta/inner_kl"] > 0 and free["meta/inner_kl_coef"] == 0.0
+    assert stats["meta/inner_kl"] < 0.5 * free["meta/inner_kl"], (stats, free)
+    assert held.inner_kl_coef == 50.0
+    # adaptive: the same KL against a target far below / far above it doubles / halves eta
+    up, s_up = _ppo_meta_step(inner_kl_coef=0.1, inner_kl_target=1e-9)
+    assert s_up["meta/inner_kl"] > 1.5e-9 and up.inner_kl_coef == pytest.approx(0.2)
+    down, _ = _ppo_meta_step(inner_kl_coef=0.1, inner_kl_target=1e3)
+    assert down.inner_kl_coef == pytest.approx(0.05)
+    down.save(tmp_path / "ck.pt")
+    assert MBMPO.load(tmp_path / "ck.pt", console=False).inner_kl_coef == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(env_id="Pendulum-v1"), "no reward function registered for env id 'Pendulum-v1'"),
     (dict(env_id="CartPole-v1", learned_reward=True), "a 1-D Box is needed"),
     (dict(num_models=0), "num_models must be > 0"),
     (dict(meta_batch_size=5), "meta_batch_size 5 is not divisible by num_models 2"),
     (dict(outer="adam"), "outer 'adam' is not allowed"),
+    (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -50,6 +50,7 @@ from mbmpo.checkpoint import load_checkpoint, resolve_checkpoint_path
 from mbmpo.config import BaseConfig, _positive, config_from_dict
 from mbmpo.envs import VecNormalize, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.kl_penalty import adapt_kl_coef
 from mbmpo.normalization import merge_new_moments, pack_new_moments
 from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, k_step_returns, normalize_advantages
@@ -150,18 +151,7 @@ class DPPOConfig(BaseConfig):
                               f"{list(POLICY_TYPES)}")
 
 
-# ----- the lambda rule (pure functions) -----------------------------------------------------
-def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float, alpha: float = 1.5,
-                  beta_high: float = 2.0, beta_low: float = 0.5) -> float:
-    """Heess et al. 2017, Algorithm 1: ``lambda * alpha`` if ``KL > beta_high * KL_target``,
-    ``lambda / alpha`` if ``KL < beta_low * KL_target``, else unchanged."""
-    if kl > beta_high * kl_target:
-        return kl_coef * alpha
-    if kl < beta_low * kl_target:
-        return kl_coef / alpha
-    return kl_coef
-
-
+# ----- the lambda rule (pure functions; the single-learner rule is mbmpo.kl_penalty.adapt_kl_coef) --
 def adapt_kl_coef_per_worker(kl_coef: float, worker_kls: Sequence[float], kl_target: float,
                              alpha: float = 1.5, beta_high: float = 2.0, beta_low: float = 0.5) -> float:
     """The appendix's distributed rule: lambda is shared and each of the W workers applies

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mbmpo.buffers import Rollout
 from mbmpo.config import BaseConfig, _in_range, _positive
 from mbmpo.errors import ConfigError
+from mbmpo.kl_penalty import ppo_adapt_kl_coef
 from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, normalize_advantages
 
@@ -168,9 +169,6 @@ class PPO(OnPolicyAlgorithm):
                 stats["train/kl"] = kl
                 stats["train/kl_coef"] = self.kl_coef
                 if c.objective == "adaptive_kl":
-                    if kl < c.kl_target / 1.5:
-                        self.kl_coef /= 2.0
-                    elif kl > c.kl_target * 1.5:
-                        self.kl_coef *= 2.0
+                    self.kl_coef = ppo_adapt_kl_coef(self.kl_coef, kl, c.kl_target)
             stats["train/explained_variance"] = explained_variance(old_val, ret)
         return stats
