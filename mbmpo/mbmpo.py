@@ -307,8 +307,14 @@ class MBMPO:
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
-        """Pre-update policy actions for full observations ``[B, obs_dim]`` (or one row)."""
+        """Pre-update policy actions for full observations ``[B, obs_dim]`` (or one row): those
+        of ``gymnasium.make(env_id, **algo.env_kwargs)``, which keep the positions the reward
+        functions need (e.g. ``exclude_current_positions_from_observation=False``)."""
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float64)
+        if x.shape[-1] != self.obs_dim:
+            raise ValueError(f"observation has {x.shape[-1]} entries, this policy takes {self.obs_dim}: "
+                             f"make the env with gymnasium.make({self.config.env_id!r}, **algo.env_kwargs) "
+                             f"= {self.env_kwargs}")
         single = x.dim() == 1
         dist = self.policy(self.features(x.unsqueeze(0) if single else x))
         act = dist.mode() if deterministic else dist.sample(self.generator)

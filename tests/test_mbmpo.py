@@ -117,3 +117,11 @@ def test_nan_model_and_mismatched_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not match"):
         MBMPO.load(ckpt, console=False, model_hidden_sizes=[8])
     assert ckpt.read_bytes() == good
+
+
+def test_predict_names_a_wrong_observation_size():
+    algo = MBMPO(pm_config(), console=False)
+    full = torch.zeros(algo.obs_dim)
+    assert algo.predict(full).shape == algo.action_space.shape
+    with pytest.raises(ValueError, match=f"observation has {algo.obs_dim - 1} entries, this policy takes {algo.obs_dim}"):
+        algo.predict(full[1:])
