@@ -41,8 +41,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     over = json.loads(args.set)
-    # the outer optimizer's state must match the checkpoint's; switch the outer step after loading
-    late = {k: over.pop(k) for k in list(over) if k.startswith("outer")}
+    # the outer optimizer's state and the inner step sizes must match the checkpoint's: switch the
+    # outer step and a learned (Meta-SGD) inner step after loading
+    late = {k: over.pop(k) for k in list(over) if k.startswith("outer") or k == "learn_inner_lr"}
     algo = MBMPO.load(args.checkpoint, console=False, **over)
     c = algo.config
     for k, v in late.items():
@@ -50,6 +51,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     algo.policy = GaussianMLPPolicy(algo.obs_dim - algo.num_position_dims, algo.act_dim, c.hidden_sizes,
                                     c.activation, c.init_log_std, c.ortho_init)
+    algo.inner_lr = c.inner_lr
+    if c.learn_inner_lr:
+        algo.inner_lr = {n: torch.full_like(p, c.inner_lr, requires_grad=True)
+                         for n, p in algo.policy.named_parameters()}
     if c.outer == "ppo":
         algo.outer_optimizer = torch.optim.Adam(algo.outer_params(), lr=c.outer_learning_rate)
     if c.normalize_obs:
