@@ -51,10 +51,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     algo.policy = GaussianMLPPolicy(algo.obs_dim - algo.num_position_dims, algo.act_dim, c.hidden_sizes,
                                     c.activation, c.init_log_std, c.ortho_init)
-    algo.inner_lr = c.inner_lr
-    if c.learn_inner_lr:
-        algo.inner_lr = {n: torch.full_like(p, c.inner_lr, requires_grad=True)
-                         for n, p in algo.policy.named_parameters()}
+    algo.inner_lr = algo.initial_inner_lr()
     if c.outer == "ppo":
         algo.outer_optimizer = torch.optim.Adam(algo.outer_params(), lr=c.outer_learning_rate)
     if c.normalize_obs:

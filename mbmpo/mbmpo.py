@@ -258,10 +258,7 @@ class MBMPO:
             self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
                                              c.model_activation, self.num_position_dims,
                                              c.model_weight_norm, reward_head=c.learned_reward)
-        self.inner_lr: float | dict[str, Tensor] = c.inner_lr
-        if c.learn_inner_lr:
-            self.inner_lr = {n: torch.full_like(p, c.inner_lr, requires_grad=True)
-                             for n, p in self.policy.named_parameters()}
+        self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
         self.obs_rms = RunningMeanStd(feat_dim)
         self.value_fn: MLPValue | None = None
         self.value_optimizer: torch.optim.Optimizer | None = None
@@ -300,6 +297,14 @@ class MBMPO:
         if self.config.normalize_obs and self.obs_rms.count.item() > 0:
             f = self.obs_rms.normalize(f, self.config.clip_obs)
         return f.float()
+
+    def initial_inner_lr(self) -> float | dict[str, Tensor]:
+        """α for ``self.policy``: the configured float, or (``learn_inner_lr``, Meta-SGD) one
+        learnable tensor per policy parameter, shaped like it and filled with ``inner_lr``."""
+        c = self.config
+        if not c.learn_inner_lr:
+            return c.inner_lr
+        return {n: torch.full_like(p, c.inner_lr, requires_grad=True) for n, p in self.policy.named_parameters()}
 
     def outer_params(self) -> list[Tensor]:
         extra = list(self.inner_lr.values()) if isinstance(self.inner_lr, dict) else []
