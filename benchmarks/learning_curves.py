@@ -11,11 +11,13 @@ to ``benchmarks/results/<suite>/``:
     python benchmarks/learning_curves.py --suite ppo_200k --report    # tables/plots only
     python benchmarks/learning_curves.py --suite dppo_1m --jobs 1      # DPPO (2 workers) vs PPO, 3 seeds
     python benchmarks/learning_curves.py --suite dppo_pomdp --jobs 1   # velocities hidden: GRU vs MLP DPPO
+    python benchmarks/learning_curves.py --suite dppo_1m --jobs 1 --only "*dppo_s0"   # a subset of the jobs
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -204,12 +206,19 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--report", action="store_true", help="only write tables/plots")
+    ap.add_argument("--only", nargs="+", metavar="GLOB",
+                    help="run only the jobs whose name matches one of these shell patterns "
+                         "(the report still covers every finished job of the suite)")
     args = ap.parse_args()
     runs_dir = Path(args.runs_dir) / args.suite
     runs_dir.mkdir(parents=True, exist_ok=True)
     if not args.report:
+        jobs = [j for j in suite_jobs(args.suite)
+                if not args.only or any(fnmatch.fnmatch(j["name"], g) for g in args.only)]
+        if not jobs:
+            raise SystemExit(f"--only {' '.join(args.only)} matches no job of suite {args.suite!r}")
         with ThreadPoolExecutor(args.jobs) as pool:
-            for msg in pool.map(lambda j: run_job(j, runs_dir), suite_jobs(args.suite)):
+            for msg in pool.map(lambda j: run_job(j, runs_dir), jobs):
                 print(msg, flush=True)
     report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite)
 

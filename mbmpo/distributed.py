@@ -11,7 +11,10 @@ Failure handling: a worker that loses a peer gets a gloo error at its next colle
 with :data:`PEER_LOST_EXIT`; the launcher's watchdog notices the first non-zero exit,
 gives the others ``grace_s`` to stop on their own (the interpreter teardown of a process
 holding torch, MuJoCo and TensorBoard takes 1-3 s on a loaded 2-core machine), terminates
-the rest and raises one :class:`WorkerError` naming the rank that failed first.
+the rest and raises one :class:`WorkerError` naming the rank that failed first. The workers
+never outlive the launcher: a SIGTERM to the launcher stops them before it exits, and each
+worker exits on its own within a second of the launcher vanishing (SIGKILL, OOM killer),
+so a resumed run never shares its directory with orphans of the old one.
 
 The default process group is process-global in torch; its key-value store (used for the
 straggler counter) is kept next to it in this module for the same lifetime.
@@ -24,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -39,6 +43,9 @@ from mbmpo.errors import MBMPOError, TrainingError
 
 PEER_LOST_EXIT = 75
 """Exit status of a worker that stopped because another worker failed."""
+
+LAUNCHER_LOST_EXIT = 76
+"""Exit status of a worker that stopped because the process that spawned it is gone."""
 
 _STORE: Any = None
 
@@ -194,8 +201,28 @@ def _run_worker(fn: Callable[..., Any], args: tuple, threads: int, backend: str,
         shutdown()
 
 
+def exit_with_launcher(launcher_pid: int, poll_s: float = 0.5) -> threading.Thread:
+    """Start a daemon thread that ends this process once ``launcher_pid`` is no longer its parent.
+
+    A launcher killed with SIGKILL cannot stop its workers; orphans would go on training and
+    writing the run directory. ``os._exit`` skips the teardown on purpose: the peers see the
+    connection drop, and checkpoints are written by rename, so the last one stays intact.
+    """
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(poll_s)
+        print(f"dppo worker pid {os.getpid()}: the launcher (pid {launcher_pid}) is gone; stopping",
+              file=sys.stderr, flush=True)
+        os._exit(LAUNCHER_LOST_EXIT)
+
+    thread = threading.Thread(target=watch, name="launcher-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def _spawned_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple,
-                   threads: int, backend: str, timeout_s: float, reports: Any) -> None:
+                   threads: int, backend: str, timeout_s: float, reports: Any, launcher_pid: int) -> None:
+    exit_with_launcher(launcher_pid)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     if sys.platform.startswith("linux"):
@@ -227,23 +254,37 @@ def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 
     port = free_port()
     reports = ctx.SimpleQueue()
     procs = []
+    # SIGTERM (kill, a batch scheduler, a timeout) becomes SystemExit so that the handler
+    # below stops the workers; the default action would end this process and leave them running
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _raise_system_exit) if on_main_thread else None
     try:
         for rank in range(num_workers):
             p = ctx.Process(target=_spawned_entry, name=f"dppo-rank{rank}",
-                            args=(rank, num_workers, port, fn, args, threads, backend, timeout_s, reports))
+                            args=(rank, num_workers, port, fn, args, threads, backend, timeout_s, reports,
+                                  os.getpid()))
             p.start()
             procs.append(p)
         print(f"dppo: {num_workers} worker(s) on 127.0.0.1:{port}; pids "
               + ", ".join(f"rank {r}={p.pid}" for r, p in enumerate(procs)), flush=True)
         stopped = _watch(procs, grace_s)
-    except BaseException:
-        _terminate(procs)
+    except BaseException as exc:
+        n = len(_terminate(procs))
+        if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
+            print(f"dppo: SIGTERM: stopped {n} worker(s)", file=sys.stderr, flush=True)
         raise
+    finally:
+        if on_main_thread:  # None: the old handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_handler is None else old_handler)
     got: dict[int, tuple] = {}
     while not reports.empty():
         rep = reports.get()
         got.setdefault(rep[0], rep)
     _raise_failure(procs, got, stopped, failure_hint() if failure_hint else "")
+
+
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _watch(procs: list, grace_s: float) -> set[int]:

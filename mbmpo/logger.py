@@ -5,10 +5,59 @@ from __future__ import annotations
 import csv
 import math
 import numbers
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm.auto import tqdm
+
+from mbmpo.errors import ConfigError
+
+_HELD_LOCKS: dict[Path, list[Any]] = {}  # run directory -> [open lock file, users in this process]
+
+
+def lock_run_dir(path: str | Path) -> None:
+    """Claim ``path`` for this process with an exclusive lock on ``path/.lock``.
+
+    Two processes writing one run directory (a run resumed while the old one still runs, or
+    its orphaned workers) would interleave ``progress.csv`` rows and checkpoints without any
+    error. The lock is an ``flock``: the kernel drops it when the process ends, however it
+    ends. Re-entrant within a process; a no-op where ``fcntl`` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = Path(path).resolve()
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        return
+    f: IO[str] = open(key / ".lock", "a+")  # noqa: SIM115 - held open until unlock_run_dir
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"run directory {path} is in use by another process (pid {owner}); "
+                          "stop that process or choose another output directory") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD_LOCKS[key] = [f, 1]
+
+
+def unlock_run_dir(path: str | Path) -> None:
+    """Release one :func:`lock_run_dir` claim of this process (the lock goes with the last)."""
+    key = Path(path).resolve()
+    held = _HELD_LOCKS.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD_LOCKS[key]
+        held[0].close()
 
 
 class Logger:
@@ -16,6 +65,8 @@ class Logger:
 
     Args:
         out_dir: where ``progress.csv`` and ``tb/`` go; ``None`` logs to the console only.
+            The directory is locked for this process until :meth:`close` (see
+            :func:`lock_run_dir`).
         tensorboard: write TensorBoard event files under ``out_dir/tb``.
         console: print a compact summary line per dump (through tqdm, so it does not
             break the progress bar).
@@ -36,8 +87,11 @@ class Logger:
         self._fieldnames: list[str] = []
         self._tb = None
         self._bar: tqdm | None = None
+        self._locked = False
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(self.out_dir)
+            self._locked = True
             self.csv_path = self.out_dir / "progress.csv"
             if self.csv_path.exists():
                 with self.csv_path.open(newline="") as f:
@@ -119,6 +173,9 @@ class Logger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._locked:
+            unlock_run_dir(self.out_dir)
+            self._locked = False
 
 
 def _as_float(x: Any) -> float:

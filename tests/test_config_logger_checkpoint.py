@@ -1,4 +1,6 @@
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from mbmpo.config import config_from_dict, load_config
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
 
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
 
 
 def test_unknown_key_and_bad_types_are_named():
@@ -63,6 +66,28 @@ def test_logger_grows_csv_columns_and_writes_tensorboard(tmp_path):
     log2 = Logger(tmp_path, console=False, tensorboard=False)
     log2.truncate_after(10)
     assert len(list(csv.DictReader((tmp_path / "progress.csv").open()))) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
+    hold = ("import sys, time\nfrom mbmpo.logger import Logger\n"
+            "Logger(sys.argv[1], tensorboard=False)\nprint('locked', flush=True)\ntime.sleep(50)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"run directory .* is in use by another process \(pid {holder.pid}\)"):
+            Logger(tmp_path, tensorboard=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    a = Logger(tmp_path, tensorboard=False)  # the kernel dropped the killed holder's lock
+    b = Logger(tmp_path, tensorboard=False)  # re-entrant within one process
+    a.close()
+    b.record("x", 1)
+    b.dump(1)
+    b.close()
+    assert (tmp_path / "progress.csv").read_text().splitlines() == ["x", "1"]
 
 
 def test_checkpoint_roundtrip_and_corruption(tmp_path):

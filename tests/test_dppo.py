@@ -425,6 +425,52 @@ def test_killed_worker_stops_run_naming_its_rank_and_checkpoint_resumes_with_oth
     assert load_checkpoint(out)["counters"]["num_timesteps"] == done + 100
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an orphan's zombie counts as gone: in a container
+    nothing may ever reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.timeout(150)
+def test_workers_do_not_outlive_a_killed_launcher(tmp_path, sig):
+    out = tmp_path / "run"
+    err_path = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "scripts/train.py", "--algo", "dppo", "--workers", "2", "--total-steps",
+           "100000000", "--out", str(out), *SCRIPT_TINY]
+    pids: list[int] = []
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            line = proc.stdout.readline()
+            pids = [int(p) for _, p in re.findall(r"rank (\d+)=(\d+)", line)]
+            assert len(pids) == 2, line
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not (out / "progress.csv").exists():
+                time.sleep(0.2)  # both workers are past start-up and training
+            assert (out / "progress.csv").exists(), err_path.read_text()[-2000:]
+            os.kill(proc.pid, sig)
+            proc.wait(timeout=30)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(map(_running, pids)):
+                time.sleep(0.1)
+            assert not any(map(_running, pids)), err_path.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for pid in filter(_running, pids):
+                os.kill(pid, signal.SIGKILL)
+    if sig == signal.SIGTERM:  # the launcher stopped them itself and exits like a terminated process
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "dppo: SIGTERM: stopped 2 worker(s)" in err_path.read_text()
+    else:  # each worker noticed on its own that its launcher was gone
+        assert "the launcher (pid" in err_path.read_text()
+
+
 @pytest.mark.timeout(150)
 def test_under_torchrun_the_script_runs_as_a_worker_without_spawning(tmp_path):
     out = tmp_path / "run"
