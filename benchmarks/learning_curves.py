@@ -69,10 +69,11 @@ def suite_jobs(suite: str) -> list[dict]:
                 jobs.append(dict(name=f"{env}_s{s}", env=env, group=env, preset=CFG / "minigrid_ppo.yaml",
                                  seed=s, steps=steps, extra=["--eval-every", "2048"]))
     elif suite == "dppo_1m":
-        # DPPO with 2 worker processes (both cores) vs single-process PPO (tuned preset) at
-        # equal real steps; run with --jobs 1 so the DPPO workers own the cores. The tuned PPO
-        # preset has a constant learning rate, so its earlier runs are continued where they
-        # exist (ppo_1m seed 0, ppo_200k seeds 1 and 2), as the ppo_1m suite does.
+        # DPPO with 2 worker processes (both cores) vs single-process PPO at equal real steps:
+        # the default preset (PPO's own hyperparameters, the ones the DPPO preset follows) and
+        # the tuned one. Run the DPPO jobs with --jobs 1 so their workers own the cores. The
+        # tuned PPO preset has a constant learning rate, so its earlier runs are continued
+        # where they exist (ppo_1m seed 0, ppo_200k seeds 1 and 2), as the ppo_1m suite does.
         ppo_from = {0: "ppo_1m/HalfCheetah-v5_tuned_s0", 1: "ppo_200k/HalfCheetah-v5_tuned_s1",
                     2: "ppo_200k/HalfCheetah-v5_tuned_s2"}
         for s in (0, 1, 2):
@@ -82,6 +83,9 @@ def suite_jobs(suite: str) -> list[dict]:
             jobs.append(dict(name=f"HalfCheetah-v5_tuned_s{s}", env="HalfCheetah-v5",
                              group="HalfCheetah-v5 ppo-tuned", preset=PRESETS[("HalfCheetah-v5", "tuned")],
                              seed=s, steps=1_000_000, extra=[], from_run=ppo_from[s]))
+            jobs.append(dict(name=f"HalfCheetah-v5_default_s{s}", env="HalfCheetah-v5",
+                             group="HalfCheetah-v5 ppo-default", preset=PRESETS[("HalfCheetah-v5", "default")],
+                             seed=s, steps=1_000_000, extra=[]))
     elif suite == "dppo_pomdp":
         # partially observed HalfCheetah (joint velocities hidden): recurrent vs feed-forward
         env = "mbmpo/HalfCheetahNoVel-v5"
