@@ -32,8 +32,10 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -568,6 +570,10 @@ def last_error_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+_CHILDREN: set[subprocess.Popen] = set()  # training runs started by subprocess_runner, still going
+_CHILDREN_LOCK = threading.Lock()
+
+
 def subprocess_runner(argv: list[str], log: Path) -> tuple[int, str]:
     """Run scripts/train.py in a child process, appending its output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -576,8 +582,15 @@ def subprocess_runner(argv: list[str], log: Path) -> tuple[int, str]:
         start = f.tell()
         f.write(f"$ {sys.executable} {TRAIN} {' '.join(argv)}\n")
         f.flush()
-        rc = subprocess.run([sys.executable, str(TRAIN), *argv], stdout=f, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=env).returncode
+        proc = subprocess.Popen([sys.executable, str(TRAIN), *argv], stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
     if rc == 0:
         return 0, ""
     with log.open() as f:
@@ -591,6 +604,22 @@ class Result:
     returncode: int
     error: str
     seconds: float
+
+
+def stop_children(timeout_s: float = 10.0) -> int:
+    """Terminate the training runs still going; returns how many. Their checkpoints stay, so
+    the same compare command resumes them."""
+    with _CHILDREN_LOCK:
+        procs = list(_CHILDREN)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return len(procs)
 
 
 def run_jobs(jobs: list[Job], parallel: int, threads: int, logs: Path,
@@ -616,8 +645,13 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, logs: Path,
             results.append(r)
             status = "done" if r.returncode == 0 else f"FAILED (exit {r.returncode}): {r.error}"
             print(f"[{k}/{len(todo)}] {r.job.name} {status} ({r.seconds:.0f} s)", flush=True)
+    except BaseException:
+        # Ctrl-C, SIGTERM: no run may go on training unsupervised; queued jobs must not start
+        pool.shutdown(wait=False, cancel_futures=True)
+        if n := stop_children():
+            print(f"stopped {n} training run(s); the same command resumes them", file=sys.stderr, flush=True)
+        raise
     finally:
-        # on Ctrl-C the running children get the signal too; queued jobs must not start
         pool.shutdown(wait=True, cancel_futures=True)
     return results
 
@@ -691,5 +725,10 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
     return 1 if failed else 0
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_jobs, which stops the training runs
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run_main(main)

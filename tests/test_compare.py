@@ -4,8 +4,11 @@ not stop the others, and tiny end-to-end comparisons (in-process and with subpro
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import yaml
 from mbmpo.analysis import read_progress
 from mbmpo.errors import ConfigError, MBMPOError
 from scripts import compare, plot, train
+from tests.procs import HAVE_PROC, child_pids, running
 from tests.test_analysis import write_progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +256,31 @@ def test_end_to_end_two_algorithms_in_subprocesses(tmp_path):
     # a bad algo name: one clear line (run_main prints "error: ..." and exits with 2)
     with pytest.raises(ConfigError, match=r"^unknown algo 'nope' in --algos 'nope'; allowed: "):
         compare.main(["--algos", "nope", "--envs", "Pendulum-v1", "--out", str(out)])
+
+
+@pytest.mark.skipif(not HAVE_PROC, reason="finds the training run through /proc")
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_training_runs_it_started(tmp_path):
+    out = tmp_path / "cmp"
+    progress = out / "runs" / "Pendulum-v1" / "ppo" / "s0" / "progress.csv"
+    proc = subprocess.Popen([sys.executable, "scripts/compare.py", "--algos", f"ppo=ppo,{TINY_PPO}", "--envs",
+                             "Pendulum-v1", "--total-steps", "100000000", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not progress.exists():
+            time.sleep(0.2)
+        assert progress.exists(), "the training run did not start"
+        children = child_pids(proc.pid)
+        assert len(children) == 1, children
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert not running(children[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in filter(running, children):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped 1 training run(s); the same command resumes them" in err

@@ -24,6 +24,7 @@ from mbmpo.errors import ConfigError
 from mbmpo.normalization import RunningMeanStd, merge_new_moments, pack_new_moments
 from mbmpo.returns import k_step_returns
 from policies.recurrent import RecurrentCore
+from tests.procs import HAVE_PROC, running
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_sizes=(16,), value_hidden_sizes=(16,), eval_every=0, eval_episodes=3)
@@ -425,16 +426,7 @@ def test_killed_worker_stops_run_naming_its_rank_and_checkpoint_resumes_with_oth
     assert load_checkpoint(out)["counters"]["num_timesteps"] == done + 100
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (an orphan's zombie counts as gone: in a container
-    nothing may ever reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.skipif(not HAVE_PROC, reason="reads process states from /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 @pytest.mark.timeout(150)
 def test_workers_do_not_outlive_a_killed_launcher(tmp_path, sig):
@@ -456,13 +448,13 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path, sig):
             os.kill(proc.pid, sig)
             proc.wait(timeout=30)
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and any(map(_running, pids)):
+            while time.monotonic() < deadline and any(map(running, pids)):
                 time.sleep(0.1)
-            assert not any(map(_running, pids)), err_path.read_text()[-2000:]
+            assert not any(map(running, pids)), err_path.read_text()[-2000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
-            for pid in filter(_running, pids):
+            for pid in filter(running, pids):
                 os.kill(pid, signal.SIGKILL)
     if sig == signal.SIGTERM:  # the launcher stopped them itself and exits like a terminated process
         assert proc.returncode == 128 + signal.SIGTERM
