@@ -40,7 +40,7 @@ PRESETS = {
     ("Hopper-v5", "default"): CFG / "hopper_ppo.yaml",
     ("Hopper-v5", "tuned"): CFG / "hopper_ppo_tuned.yaml",
 }
-BUDGETS = [50_000, 100_000, 200_000, 1_000_000]
+BUDGETS = [50_000, 100_000, 200_000, 500_000, 1_000_000]
 
 
 def suite_jobs(suite: str) -> list[dict]:
