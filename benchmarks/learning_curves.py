@@ -137,7 +137,7 @@ def steps_to(steps: list[float], values: list[float], threshold: float) -> float
     return None
 
 
-def report(suite: str, runs_dir: Path, out: Path) -> None:
+def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,8 +162,8 @@ def report(suite: str, runs_dir: Path, out: Path) -> None:
         lines.append("| env | seed | steps until mean eval return > 0.9 |")
         lines.append("|---|---|---|")
     else:
-        lines.append("| env / preset | seeds | " + " | ".join(f"{b // 1000}k" for b in BUDGETS) + " | train steps/s |")
-        lines.append("|---|---|" + "---|" * (len(BUDGETS) + 1))
+        lines.append("| env / preset | seeds | " + " | ".join(f"{b // 1000}k" for b in budgets) + " | train steps/s |")
+        lines.append("|---|---|" + "---|" * (len(budgets) + 1))
     for g, runs in groups.items():
         entry = {}
         if suite == "minigrid":
@@ -173,7 +173,7 @@ def report(suite: str, runs_dir: Path, out: Path) -> None:
                 lines.append(f"| {g} | {r['seed']} | {int(st) if st else 'not reached'} |")
         else:
             cells = []
-            for b in BUDGETS:
+            for b in budgets:
                 vals = [value_at(r["steps"], r["ret"], b) for r in runs]
                 vals = [v for v in vals if v is not None]
                 entry[str(b)] = {"per_seed": vals, "median": float(np.median(vals)) if vals else None}
@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--report", action="store_true", help="only write tables/plots")
+    ap.add_argument("--budgets", nargs="+", type=int, default=BUDGETS, metavar="STEPS",
+                    help="real-step budgets of the table's columns")
     ap.add_argument("--only", nargs="+", metavar="GLOB",
                     help="run only the jobs whose name matches one of these shell patterns "
                          "(the report still covers every finished job of the suite)")
@@ -224,7 +226,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for msg in pool.map(lambda j: run_job(j, runs_dir), jobs):
                 print(msg, flush=True)
-    report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite)
+    report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite, args.budgets)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import csv
 import math
 import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +42,11 @@ def lock_run_dir(path: str | Path) -> None:
         f.close()
         raise ConfigError(f"run directory {path} is in use by another process (pid {owner}); "
                           "stop that process or choose another output directory") from None
+    except OSError as exc:  # a file system without locks (some network mounts): run unguarded
+        f.close()
+        warnings.warn(f"cannot lock run directory {path} ({exc}); nothing stops a second process "
+                      "from writing to it", stacklevel=2)
+        return
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

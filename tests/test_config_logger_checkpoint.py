@@ -90,6 +90,21 @@ def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
     assert (tmp_path / "progress.csv").read_text().splitlines() == ["x", "1"]
 
 
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock run directory .*No locks available"):
+        logger = Logger(tmp_path, tensorboard=False)
+    logger.record("x", 1)
+    logger.dump(1)
+    logger.close()
+    assert (tmp_path / "progress.csv").read_text().splitlines() == ["x", "1"]
+
+
 def test_checkpoint_roundtrip_and_corruption(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"w": torch.arange(3), "cfg": {"a": [1, 2]}})
