@@ -137,7 +137,10 @@ def steps_to(steps: list[float], values: list[float], threshold: float) -> float
     return None
 
 
-def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS) -> None:
+def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS,
+           threshold: float | None = None) -> None:
+    """Tables and plot; ``threshold`` adds columns with each seed's best evaluation and the
+    steps of its first evaluation above ``threshold``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,8 +165,10 @@ def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS) 
         lines.append("| env | seed | steps until mean eval return > 0.9 |")
         lines.append("|---|---|---|")
     else:
-        lines.append("| env / preset | seeds | " + " | ".join(f"{b // 1000}k" for b in budgets) + " | train steps/s |")
-        lines.append("|---|---|" + "---|" * (len(budgets) + 1))
+        extra = [] if threshold is None else ["best", f"first eval > {threshold:g}"]
+        lines.append("| env / preset | seeds | " + " | ".join([f"{b // 1000}k" for b in budgets] + extra)
+                     + " | train steps/s |")
+        lines.append("|---|---|" + "---|" * (len(budgets) + len(extra) + 1))
     for g, runs in groups.items():
         entry = {}
         if suite == "minigrid":
@@ -179,6 +184,12 @@ def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS) 
                 entry[str(b)] = {"per_seed": vals, "median": float(np.median(vals)) if vals else None}
                 cells.append(("median " if len(vals) > 1 else "") + f"{np.median(vals):.0f} ({' / '.join(f'{v:.0f}' for v in vals)})"
                              if vals else "–")
+            if threshold is not None:
+                best = [max(r["ret"]) for r in runs if r["ret"]]
+                first = [steps_to(r["steps"], r["ret"], threshold) for r in runs]
+                entry["best"], entry[f"first_above_{threshold:g}"] = best, first
+                cells.append(" / ".join(f"{v:.0f}" for v in best) or "–")
+                cells.append(" / ".join(f"{v / 1000:.0f}k" if v is not None else "not reached" for v in first))
             sps = [r["final_steps"] / r["wall"] for r in runs if r["wall"] == r["wall"] and r["wall"] > 0]
             entry["train_sps"] = float(np.median(sps)) if sps else None
             lines.append(f"| {g} | {len(runs)} | " + " | ".join(cells) + f" | {entry['train_sps'] or 0:.0f} |")
@@ -212,6 +223,8 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only write tables/plots")
     ap.add_argument("--budgets", nargs="+", type=int, default=BUDGETS, metavar="STEPS",
                     help="real-step budgets of the table's columns")
+    ap.add_argument("--threshold", type=float, metavar="R",
+                    help="also report each seed's best evaluation and its first evaluation above R")
     ap.add_argument("--only", nargs="+", metavar="GLOB",
                     help="run only the jobs whose name matches one of these shell patterns "
                          "(the report still covers every finished job of the suite)")
@@ -226,7 +239,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for msg in pool.map(lambda j: run_job(j, runs_dir), jobs):
                 print(msg, flush=True)
-    report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite, args.budgets)
+    report(args.suite, runs_dir, ROOT / "benchmarks" / "results" / args.suite, args.budgets, args.threshold)
 
 
 if __name__ == "__main__":
