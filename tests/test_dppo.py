@@ -221,13 +221,24 @@ def test_kl_stop_ends_the_policy_steps_and_lambda_follows_the_kl():
     algo = DPPO(small_cfg(kl_target=1e-7, learning_rate=0.05), console=False)
     algo.total_steps = 10**6
     ro, _ = algo._collect()
+    algo.generator.manual_seed(1)  # the same minibatch orders as `free` below
     stats = algo.update(ro, *algo.compute_advantages(ro))
     assert stats["train/policy_steps"] == 1 and stats["train/policy_stopped_early"] == 1
     assert stats["_kl_local"] > 4e-7
     free = DPPO(small_cfg(kl_target=1e-7, learning_rate=0.05, kl_stop_factor=0.0), console=False)
     free.total_steps = 10**6
+    calls = []
+    reduce = free._all_reduce
+    free._all_reduce = lambda t: calls.append(t.numel()) or reduce(t)
+    free.generator.manual_seed(1)
     stats = free.update(ro, *free.compute_advantages(ro))
     assert stats["train/policy_steps"] == 10 * 4  # M sub-iterations x minibatches
+    # the j-th policy and value steps share one all_reduce: 40, not 80, collectives
+    n_params = sum(p.numel() for p in [*free.policy_params, *free.value_params])
+    assert calls == [n_params + 3 + 1 + 1] * 40
+    # the value fit does not depend on the policy steps: the same after 1 or 40 of them
+    assert all(torch.equal(p, q) for p, q in zip(algo.value_params, free.value_params))
+    assert not all(torch.equal(p, q) for p, q in zip(algo.policy_params, free.policy_params))
     # a tiny learning rate keeps KL < beta_low KL_target: lambda / alpha per iteration (W = 1)
     slow = DPPO(small_cfg(learning_rate=1e-7), console=False)
     slow.learn(960)

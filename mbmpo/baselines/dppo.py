@@ -14,8 +14,10 @@ W workers (processes) each step their own env copies; every iteration each worke
    ``J(θ) = mean_t[ratio_t A_t] − λ KL[π_old‖π_θ] − ξ max(0, KL[π_old‖π_θ] − 2 KL_target)²``
    and B value sub-iterations on ``0.5 (V_φ(s_t) − R_t)²``; every gradient step averages
    the workers' gradients (weighted by their sample counts) with one all_reduce and applies
-   the same Adam step everywhere, so parameters stay bit-identical on all workers. The
-   policy sub-iterations stop once the mean KL exceeds ``kl_stop_factor · KL_target``;
+   the same Adam step everywhere, so parameters stay bit-identical on all workers. The j-th
+   policy step and the j-th value step share that all_reduce (the value function does not
+   read the policy). The policy sub-iterations stop once the mean KL exceeds
+   ``kl_stop_factor · KL_target``;
 5. adapts the shared λ (``kl_coef_rule``): ``"per_worker"`` is the appendix's rule — each
    worker applies ×α̂ / ÷α̂ with α̂ = 1 + (α − 1)/W on its own KL, and the W updates of
    the shared λ are applied in rank order on every worker; ``"mean"`` applies ×α / ÷α on
@@ -452,14 +454,15 @@ class DPPO(OnPolicyAlgorithm):
             return self.value_fn(b.obs[idx])
         return self.value_fn(b.obs[:, idx], b.v_h0[idx], b.resets[:, idx]).reshape(-1)
 
-    def _average_step(self, params: list[Tensor], grads: Sequence[Tensor] | None, n: int,
+    def _average_step(self, params: list[Tensor], grads: Sequence[Tensor | None], n: int,
                       extras: Tensor) -> tuple[Tensor, float]:
         """Average the workers' gradients, weighted by their sample counts ``n``, in one
-        all_reduce; returns the weighted mean of ``extras`` and the total count. The averaged
+        all_reduce; returns the weighted mean of ``extras`` and the total count. A ``None``
+        gradient (a worker with no samples in this minibatch) counts as zero. The averaged
         gradient is left in ``p.grad``."""
         dev = params[0].device
-        flat_g = (torch.cat([g.reshape(-1) for g in grads]) * n if grads is not None
-                  else torch.zeros(sum(p.numel() for p in params), device=dev))
+        flat_g = torch.cat([(g.reshape(-1) * n if g is not None else
+                             torch.zeros(p.numel(), device=dev)) for p, g in zip(params, grads)])
         flat = self._all_reduce(torch.cat([flat_g, extras.float().to(dev) * n,
                                            torch.tensor([float(n)], device=dev)]))
         total = float(flat[-1])
@@ -470,9 +473,26 @@ class DPPO(OnPolicyAlgorithm):
                 i += p.numel()
         return flat[flat_g.numel() : -1] / max(total, 1.0), total
 
+    def _policy_loss(self, b: _Batch, old: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """[H] appendix A: -ratio*A + lambda*KL + xi*max(0, KL - 2 KL_target)^2 on units ``idx``;
+        returns (loss, [kl, surrogate, loss] detached)."""
+        c = self.config
+        dist = _take_dist(self._dist(b, idx), b)
+        ratio = (dist.log_prob(b.take(b.act, idx)) - b.take(b.logp, idx)).exp()
+        surrogate = (ratio * b.take(b.adv, idx)).mean()
+        kl = _take_dist(old, b, idx).kl(dist).mean()
+        loss = -surrogate + self.kl_coef * kl + c.kl_hinge_coef * torch.relu(kl - 2.0 * c.kl_target) ** 2
+        return loss, torch.stack([kl, surrogate, loss]).detach()
+
     def update(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
         """M policy and B value sub-iterations with averaged gradients; returns local and
-        global scalars (the lambda rule runs afterwards in :meth:`_iterate`)."""
+        global scalars (the lambda rule runs afterwards in :meth:`_iterate`).
+
+        The value function is fitted to fixed returns and never reads the policy, so its
+        minibatch steps run in lockstep with the policy's: the j-th policy step and the j-th
+        value step share one all_reduce (half the collectives, whose latency is most of the
+        'communicate' time). Once the KL stop fires or the M policy sub-iterations are done,
+        the remaining steps are value-only."""
         c = self.config
         if c.anneal_lr:
             frac = max(0.0, 1.0 - self.num_timesteps / self.total_steps)
@@ -483,51 +503,63 @@ class DPPO(OnPolicyAlgorithm):
         b = self._make_batch(rollout, advantages, returns)
         with torch.no_grad():
             old = self._dist(b).detach()  # pi_old, frozen
-        lam, xi, target = self.kl_coef, c.kl_hinge_coef, c.kl_target
-        policy_rows, policy_steps, stopped = [], 0, False
-        for _ in range(c.policy_iters):
-            perm = torch.randperm(b.num_units, generator=self.generator, device=self.generator.device)
-            for idx in torch.tensor_split(perm, c.num_minibatches):
-                n = idx.numel() * b.steps_per_unit
-                grads, extras = None, torch.zeros(3)
-                if n:
-                    dist = _take_dist(self._dist(b, idx), b)
-                    ratio = (dist.log_prob(b.take(b.act, idx)) - b.take(b.logp, idx)).exp()
-                    surrogate = (ratio * b.take(b.adv, idx)).mean()
-                    kl = _take_dist(old, b, idx).kl(dist).mean()
-                    loss = -surrogate + lam * kl + xi * torch.relu(kl - 2.0 * target) ** 2
-                    grads = torch.autograd.grad(loss, self.policy_params)
-                    extras = torch.stack([kl, surrogate, loss]).detach()
-                means, total = self._average_step(self.policy_params, grads, n, extras)
-                if total == 0:
-                    continue
-                if c.kl_stop_factor > 0 and means[0].item() > c.kl_stop_factor * target:
-                    stopped = True  # [H]: KL too far from pi_old, end this iteration's policy steps
-                    break
-                if c.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.policy_params, c.max_grad_norm, foreach=True)
-                self.policy_optimizer.step()
-                policy_rows.append(means)
-                policy_steps += 1
-            if stopped:
+        target = c.kl_target
+        n_pi, n_v = len(self.policy_params), len(self.value_params)
+        policy_rows, value_rows, policy_steps, stopped = [], [], 0, False
+        for epoch in range(max(c.policy_iters, c.value_iters)):
+            policy_on, value_on = epoch < c.policy_iters and not stopped, epoch < c.value_iters
+            if not (policy_on or value_on):
                 break
-        value_rows = []
-        for _ in range(c.value_iters):
-            perm = torch.randperm(b.num_units, generator=self.generator, device=self.generator.device)
-            for idx in torch.tensor_split(perm, c.num_minibatches):
-                n = idx.numel() * b.steps_per_unit
-                grads, extras = None, torch.zeros(1)
-                if n:
-                    v_loss = 0.5 * ((self._values(b, idx) - b.take(b.ret, idx)) ** 2).mean()
-                    grads = torch.autograd.grad(v_loss, self.value_params)
-                    extras = v_loss.detach().reshape(1)
-                means, total = self._average_step(self.value_params, grads, n, extras)
+            # both orders are drawn every epoch, so the value fit does not depend on when (or
+            # whether) the KL stop ends the policy steps
+            pi_perm, v_perm = (torch.randperm(b.num_units, generator=self.generator,
+                                              device=self.generator.device) for _ in range(2))
+            for pi_idx, v_idx in zip(torch.tensor_split(pi_perm, c.num_minibatches),
+                                     torch.tensor_split(v_perm, c.num_minibatches)):
+                policy_on = policy_on and not stopped
+                if not (policy_on or value_on):
+                    break
+                params: list[Tensor] = []
+                grads: list[Tensor | None] = []
+                extras, n = [], 0
+                if policy_on:
+                    n = pi_idx.numel() * b.steps_per_unit
+                    g_pi, ex = [None] * n_pi, torch.zeros(3)
+                    if n:
+                        loss, ex = self._policy_loss(b, old, pi_idx)
+                        g_pi = list(torch.autograd.grad(loss, self.policy_params))
+                    params += self.policy_params
+                    grads += g_pi
+                    extras.append(ex)
+                if value_on:
+                    n = v_idx.numel() * b.steps_per_unit  # the same split sizes as the policy's
+                    g_v, ex = [None] * n_v, torch.zeros(1)
+                    if n:
+                        v_loss = 0.5 * ((self._values(b, v_idx) - b.take(b.ret, v_idx)) ** 2).mean()
+                        g_v = list(torch.autograd.grad(v_loss, self.value_params))
+                        ex = v_loss.detach().reshape(1)
+                    params += self.value_params
+                    grads += g_v
+                    extras.append(ex)
+                means, total = self._average_step(params, grads, n, torch.cat(extras))
                 if total == 0:
                     continue
-                if c.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.value_params, c.max_grad_norm, foreach=True)
-                self.value_optimizer.step()
-                value_rows.append(means)
+                if policy_on:
+                    if c.kl_stop_factor > 0 and means[0].item() > c.kl_stop_factor * target:
+                        stopped = True  # [H]: KL too far from pi_old, end this iteration's policy steps
+                        for p in self.policy_params:
+                            p.grad = None
+                    else:
+                        if c.max_grad_norm > 0:
+                            nn.utils.clip_grad_norm_(self.policy_params, c.max_grad_norm, foreach=True)
+                        self.policy_optimizer.step()
+                        policy_rows.append(means[:3])
+                        policy_steps += 1
+                if value_on:
+                    if c.max_grad_norm > 0:
+                        nn.utils.clip_grad_norm_(self.value_params, c.max_grad_norm, foreach=True)
+                    self.value_optimizer.step()
+                    value_rows.append(means[-1:])
         with torch.no_grad():
             new = _take_dist(self._dist(b), b)
             kl_local = _take_dist(old, b).kl(new).mean().item()
