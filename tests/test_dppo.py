@@ -147,6 +147,30 @@ def test_recurrent_core_resets_at_episode_starts_and_carries_state_otherwise(cel
     assert torch.allclose(torch.stack(steps), out)
 
 
+def test_gru_window_backward_matches_autograd_through_the_cell():
+    # the hand-written BPTT of GRUWindow against autograd through nn.GRUCell stepped one
+    # step at a time, with resets inside the window and at its first step
+    torch.manual_seed(0)
+    core = RecurrentCore(3, 5, "gru").double()
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    resets = torch.zeros(7, 4, dtype=torch.bool)
+    resets[0, 1] = resets[3, 0] = resets[4, 0] = resets[6, 2] = True
+    out, states = core.unroll(x, h0, resets)
+    assert torch.equal(out, states)
+    ref, h = [], h0
+    for k in range(7):
+        h = core.cell(x[k], h * (~resets[k]).unsqueeze(-1).double())
+        ref.append(h)
+    ref = torch.stack(ref)
+    assert torch.allclose(out, ref, atol=1e-12)
+    g = torch.randn_like(out)
+    inputs = [x, h0, *core.parameters()]
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda x, h0: core.unroll(x, h0, resets)[0], (x, h0))
+
+
 def small_cfg(**kw):
     base = dict(env_id="mbmpo_test/PointMass-v0", num_envs=4, num_steps=120, window_length=10,
                 gamma=0.95, gae_lambda=0.95, num_minibatches=4, learning_rate=3e-3, **TINY)
