@@ -490,8 +490,8 @@ class DPPO(OnPolicyAlgorithm):
 
         The value function is fitted to fixed returns and never reads the policy, so its
         minibatch steps run in lockstep with the policy's: the j-th policy step and the j-th
-        value step share one all_reduce (half the collectives, whose latency is most of the
-        'communicate' time). Once the KL stop fires or the M policy sub-iterations are done,
+        value step share one all_reduce (half the synchronization points; each costs the
+        collective's latency plus the wait for the slowest worker). Once the KL stop fires or the M policy sub-iterations are done,
         the remaining steps are value-only."""
         c = self.config
         if c.anneal_lr:
