@@ -1,10 +1,12 @@
-"""Latency of one gloo all_reduce on this machine (loopback), the floor under DPPO's
-'communicate' time: every DPPO gradient step is one synchronous all_reduce.
+"""Latency of one all_reduce on this machine, the floor under DPPO's 'communicate' time:
+every DPPO gradient step is one synchronous all_reduce.
 
-W processes (spawned as DPPO spawns its workers: one torch thread each, 127.0.0.1) call
-``all_reduce`` on float32 tensors of several sizes back to back, without other work in
-between, so the figure is pure collective latency. Each size: 20 warm-up calls, then
-``--calls`` timed ones; rank 0 reports the median and the 90th percentile per call.
+W processes (spawned as DPPO spawns its workers: one torch thread each, 127.0.0.1) sum
+float32 tensors of several sizes back to back, without other work in between, so the
+figure is pure collective latency, through both paths: gloo's ``all_reduce`` on loopback,
+and :class:`mbmpo.distributed.SharedMemoryReducer` (what ``mbmpo.distributed.all_reduce_sum_``
+uses in a local run). Each path and size: 20 warm-up calls, then ``--calls`` timed ones;
+rank 0 reports the median, mean and 90th percentile per call.
 
 Writes ``results.json`` and ``results.csv`` into ``--out``::
 
@@ -37,19 +39,23 @@ from mbmpo import distributed  # noqa: E402
 def measure(sizes: list[int], calls: int, out: str) -> None:
     """Runs in every worker (inside the process group)."""
     rows = []
-    for n in sizes:
-        t = torch.ones(n)
-        for _ in range(20):
-            dist.all_reduce(t)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            dist.all_reduce(t)
-            times.append(time.perf_counter() - t0)
-        ms = np.array(times) * 1e3
-        rows.append(dict(workers=dist.get_world_size(), floats=n, calls=calls,
-                         median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
-                         mean_ms=float(ms.mean())))
+    paths = {"gloo": dist.all_reduce, "shared_memory": distributed.all_reduce_sum_}
+    if distributed._SHM is None:  # the launcher could not set it up (it said why)
+        del paths["shared_memory"]
+    for path, reduce in paths.items():
+        for n in sizes:
+            t = torch.ones(n)
+            for _ in range(20):
+                reduce(t)
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                reduce(t)
+                times.append(time.perf_counter() - t0)
+            ms = np.array(times) * 1e3
+            rows.append(dict(path=path, workers=dist.get_world_size(), floats=n, calls=calls,
+                             median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
+                             mean_ms=float(ms.mean())))
     if dist.get_rank() == 0:
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "results.json").write_text(json.dumps(rows, indent=1))
@@ -57,9 +63,10 @@ def measure(sizes: list[int], calls: int, out: str) -> None:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        print("| W | floats | median ms | p90 ms |\n|---|---|---|---|")
+        print("| path | W | floats | median ms | mean ms | p90 ms |\n|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['workers']} | {r['floats']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} |")
+            print(f"| {r['path']} | {r['workers']} | {r['floats']} | {r['median_ms']:.3f} | "
+                  f"{r['mean_ms']:.3f} | {r['p90_ms']:.3f} |")
 
 
 def main() -> None:

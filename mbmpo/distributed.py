@@ -6,9 +6,9 @@ on 127.0.0.1 (``GLOO_SOCKET_IFNAME=lo``) at a free port. Under ``torchrun`` the 
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) is already set
 and this process is one of the workers, so nothing is spawned.
 
-Failure handling: a worker that loses a peer gets a gloo error at its next collective
-(immediately when the peer's process died, after ``timeout_s`` when it hangs) and exits
-with :data:`PEER_LOST_EXIT`; the launcher's watchdog notices the first non-zero exit,
+Failure handling: a worker that loses a peer gets an error at its next collective
+(immediately when the peer's process died; after ``timeout_s`` when it hangs) and exits with
+:data:`PEER_LOST_EXIT`; the launcher's watchdog notices the first non-zero exit,
 gives the others ``grace_s`` to stop on their own (the interpreter teardown of a process
 holding torch, MuJoCo and TensorBoard takes 1-3 s on a loaded 2-core machine), terminates
 the rest and raises one :class:`WorkerError` naming the rank that failed first. The workers
@@ -16,8 +16,18 @@ never outlive the launcher: a SIGTERM to the launcher stops them before it exits
 worker exits on its own within a second of the launcher vanishing (SIGKILL, OOM killer),
 so a resumed run never shares its directory with orphans of the old one.
 
+Sums on one machine: gloo's all_reduce costs about 1.2 ms per call here (median; 90th
+percentile 4-5 ms) whatever the size, because each call hops through gloo's worker and I/O
+threads, while a round trip through a pipe between two processes takes 0.09 ms. DPPO calls
+it once per minibatch step, so ``spawn`` also gives its workers a :class:`SharedMemoryReducer`
+(every worker writes its tensor into shared memory, one barrier, every worker adds the W
+slots in rank order) and :func:`all_reduce_sum_` uses it for CPU tensors. Everything else
+(broadcasts, the store, failure detection by the watchdog) stays on the process group, and
+workers started by ``torchrun`` (possibly on several machines) use gloo/nccl for all of it.
+
 The default process group is process-global in torch; its key-value store (used for the
-straggler counter) is kept next to it in this module for the same lifetime.
+straggler counter) and the shared-memory reducer are kept next to it in this module for the
+same lifetime.
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ LAUNCHER_LOST_EXIT = 76
 """Exit status of a worker that stopped because the process that spawned it is gone."""
 
 _STORE: Any = None
+_SHM: SharedMemoryReducer | None = None
+
+
+class PeerLostError(RuntimeError):
+    """A collective could not complete: another worker failed or did not arrive in time."""
 
 
 class WorkerError(TrainingError):
@@ -93,8 +108,9 @@ def init(backend: str = "gloo", timeout_s: float = 120.0) -> tuple[int, int]:
 
 
 def shutdown() -> None:
-    global _STORE
+    global _STORE, _SHM
     _STORE = None
+    _SHM = None
     if is_initialized():
         try:
             dist.destroy_process_group()
@@ -112,10 +128,90 @@ def store() -> Any:
 
 
 # ----- collectives (no-ops without a process group) ----------------------------------------
+class SharedMemoryReducer:
+    """All-reduce (sum) among the W processes of one machine through shared memory.
+
+    Data: two slots of ``[W, capacity_bytes]`` shared bytes, used in turn. A call writes this
+    worker's row of the current slot, passes a barrier, and adds the W rows in rank order,
+    so every worker computes the same bytes. A worker writes a slot again only two calls
+    later, after the barrier of the call in between, which every worker passes only once it
+    has read that slot: one barrier per call suffices. Tensors larger than the capacity go
+    through in chunks.
+
+    Barrier: one duplex pipe per pair of workers; each worker sends one byte to every peer
+    and reads one from every peer (one hop, about 0.05 ms here). The pipes are also the
+    failure detector: when a peer's process dies its end closes and the read fails at once;
+    a peer that does not arrive within ``timeout_s`` ends the wait with an error too.
+
+    :meth:`create` (in the launcher) returns one reducer per rank; each holds only its own
+    pipe ends, and the launcher closes its copies once the workers have started.
+    """
+
+    def __init__(self, buf: Tensor, rank: int, links: dict[int, Any], timeout_s: float = 120.0):
+        self.buf, self.rank, self.links, self.timeout_s = buf, rank, links, timeout_s
+        self.world = buf.shape[1]
+        self.calls = 0
+
+    @staticmethod
+    def create(world: int, ctx: Any, capacity_bytes: int = 1 << 20) -> list[SharedMemoryReducer]:
+        if capacity_bytes % 8:
+            raise ValueError(f"capacity_bytes must be a multiple of 8, got {capacity_bytes}")
+        buf = torch.zeros(2, world, capacity_bytes, dtype=torch.uint8).share_memory_()
+        links: list[dict[int, Any]] = [{} for _ in range(world)]
+        for i in range(world):
+            for j in range(i + 1, world):
+                links[i][j], links[j][i] = ctx.Pipe(duplex=True)
+        return [SharedMemoryReducer(buf, r, links[r]) for r in range(world)]
+
+    def close(self) -> None:
+        for conn in self.links.values():
+            conn.close()
+
+    def supports(self, t: Tensor) -> bool:
+        return t.device.type == "cpu" and t.dtype != torch.bool
+
+    def _barrier(self) -> None:
+        peer = -1
+        try:
+            for peer, conn in self.links.items():
+                conn.send_bytes(b"\0")
+            deadline = time.monotonic() + self.timeout_s
+            for peer, conn in self.links.items():
+                if not conn.poll(max(0.0, deadline - time.monotonic())):
+                    raise PeerLostError(f"worker rank {peer} did not reach the shared-memory all_reduce "
+                                        f"within {self.timeout_s:g} s (timed out)")
+                conn.recv_bytes()
+        except (EOFError, OSError) as exc:  # the peer's end closed: its process is gone
+            raise PeerLostError(f"worker rank {peer} is gone (shared-memory all_reduce: "
+                                f"{type(exc).__name__})") from None
+
+    def all_reduce_sum_(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over the workers in place; raises :class:`PeerLostError` if one fails."""
+        flat = t.detach().reshape(-1)
+        size = t.element_size()
+        per_chunk = self.buf.shape[-1] // size
+        total = torch.empty_like(flat)
+        for start in range(0, flat.numel(), per_chunk):
+            part = flat[start : start + per_chunk]
+            rows = self.buf[self.calls % 2, :, : part.numel() * size].view(t.dtype)  # [W, n]
+            rows[self.rank].copy_(part)
+            self.calls += 1
+            self._barrier()
+            acc = total[start : start + part.numel()]
+            acc.copy_(rows[0])
+            for r in range(1, self.world):
+                acc += rows[r]
+        with torch.no_grad():
+            t.copy_(total.view_as(t))
+        return t
+
+
 def all_reduce_sum_(t: Tensor) -> Tensor:
     """Sum ``t`` over workers in place (every worker gets the same bytes)."""
     if is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl" and t.device.type != "cuda":  # nccl reduces GPU tensors
+        if _SHM is not None and _SHM.supports(t):
+            _SHM.all_reduce_sum_(t)
+        elif dist.get_backend() == "nccl" and t.device.type != "cuda":  # nccl reduces GPU tensors
             g = t.cuda()
             dist.all_reduce(g)
             t.copy_(g)
@@ -158,7 +254,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def is_peer_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means another worker (or the connection to it) failed."""
-    if isinstance(exc, getattr(dist, "DistError", ())):
+    if isinstance(exc, (PeerLostError, getattr(dist, "DistError", ()))):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
@@ -173,14 +269,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _run_worker(fn: Callable[..., Any], args: tuple, threads: int, backend: str, timeout_s: float,
-                report: Callable[[tuple], None]) -> int:
+                report: Callable[[tuple], None], reducer: SharedMemoryReducer | None = None) -> int:
     """Run ``fn(*args)`` inside the process group; returns the exit status, reports failures."""
+    global _SHM
     rank = int(os.environ["RANK"])
     torch.set_num_threads(max(1, threads))
     try:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         init(backend, timeout_s)
+        if reducer is not None:
+            reducer.timeout_s = timeout_s
+        _SHM = reducer
         fn(*args)
         return 0
     except MBMPOError as exc:
@@ -221,13 +321,14 @@ def exit_with_launcher(launcher_pid: int, poll_s: float = 0.5) -> threading.Thre
 
 
 def _spawned_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple,
-                   threads: int, backend: str, timeout_s: float, reports: Any, launcher_pid: int) -> None:
+                   threads: int, backend: str, timeout_s: float, reports: Any, launcher_pid: int,
+                   reducer: SharedMemoryReducer | None) -> None:
     exit_with_launcher(launcher_pid)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     if sys.platform.startswith("linux"):
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # local runs stay on the loopback interface
-    sys.exit(_run_worker(fn, args, threads, backend, timeout_s, reports.put))
+    sys.exit(_run_worker(fn, args, threads, backend, timeout_s, reports.put, reducer))
 
 
 def free_port() -> int:
@@ -239,8 +340,11 @@ def free_port() -> int:
 
 def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 1,
           backend: str = "gloo", timeout_s: float = 120.0, grace_s: float = 5.0,
-          failure_hint: Callable[[], str] | None = None) -> None:
+          failure_hint: Callable[[], str] | None = None, shared_memory: bool = True) -> None:
     """Run ``fn(*args)`` in ``num_workers`` local processes joined in one process group.
+
+    With ``shared_memory`` (and the gloo backend) :func:`all_reduce_sum_` of CPU tensors goes
+    through a :class:`SharedMemoryReducer` instead of gloo (same sums, a tenth of the latency).
 
     ``fn`` must be importable (a module-level function) and is called after the process
     group is up. Returns when all workers finished; raises the workers' own
@@ -253,6 +357,13 @@ def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 
     ctx = torch.multiprocessing.get_context("spawn")
     port = free_port()
     reports = ctx.SimpleQueue()
+    reducers: list[SharedMemoryReducer | None] = [None] * num_workers
+    if shared_memory and backend == "gloo" and num_workers > 1:
+        try:
+            reducers = SharedMemoryReducer.create(num_workers, ctx)
+        except (OSError, RuntimeError) as exc:  # e.g. a tiny /dev/shm in a container
+            print(f"dppo: no shared memory for the all_reduce ({_first_line(exc)}); using gloo",
+                  file=sys.stderr, flush=True)
     procs = []
     # SIGTERM (kill, a batch scheduler, a timeout) becomes SystemExit so that the handler
     # below stops the workers; the default action would end this process and leave them running
@@ -262,11 +373,14 @@ def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 
         for rank in range(num_workers):
             p = ctx.Process(target=_spawned_entry, name=f"dppo-rank{rank}",
                             args=(rank, num_workers, port, fn, args, threads, backend, timeout_s, reports,
-                                  os.getpid()))
+                                  os.getpid(), reducers[rank]))
             p.start()
             procs.append(p)
         print(f"dppo: {num_workers} worker(s) on 127.0.0.1:{port}; pids "
               + ", ".join(f"rank {r}={p.pid}" for r, p in enumerate(procs)), flush=True)
+        for red in reducers:  # the workers hold their own ends now; a dead worker's must close
+            if red is not None:
+                red.close()
         stopped = _watch(procs, grace_s)
     except BaseException as exc:
         n = len(_terminate(procs))

@@ -127,7 +127,11 @@ class DPPOConfig(BaseConfig):
     """Hidden units of the recurrent cell (hidden_sizes / value_hidden_sizes are the MLP heads)."""
     collective_timeout_s: float = 120.0
     """Seconds a collective may wait for a hung worker before the run stops with an error
-    (a worker that dies is noticed at once)."""
+    (a worker that dies is noticed at once by the launcher, which stops the others)."""
+    shared_memory_allreduce: bool = True
+    """Local runs (``--workers W``): sum gradients and statistics through shared memory
+    instead of gloo (same sums; 0.1 ms instead of 1-5 ms per call on this machine). Runs
+    under torchrun always use the process group's backend."""
 
     def validate(self) -> None:
         super().validate()
@@ -716,5 +720,6 @@ def launch(out_dir: str | Path, config: DPPOConfig | None = None, *, resume: boo
                   timeout_s=cfg.collective_timeout_s, failure_hint=hint)
     if distributed.under_torchrun():
         return distributed.run_under_torchrun(_worker, job, **kwargs) == 0
-    distributed.spawn(_worker, job, 1 if num_workers is None else num_workers, **kwargs)
+    distributed.spawn(_worker, job, 1 if num_workers is None else num_workers,
+                      shared_memory=cfg.shared_memory_allreduce, **kwargs)
     return True
