@@ -139,8 +139,10 @@ def steps_to(steps: list[float], values: list[float], threshold: float) -> float
 
 def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS,
            threshold: float | None = None) -> None:
-    """Tables and plot; ``threshold`` adds columns with each seed's best evaluation and the
-    steps of its first evaluation above ``threshold``."""
+    """Tables and plot; ``threshold`` adds columns with each seed's best evaluation, the mean
+    of its evaluations up to the last budget (the area under its learning curve over its
+    length: less noisy than the single evaluation at a budget) and the steps of its first
+    evaluation above ``threshold``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,13 +161,17 @@ def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS,
         groups.setdefault(job["group"], []).append(
             dict(seed=job["seed"], steps=steps, ret=mean, wall=wall, final_steps=cols["real_steps"][-1]))
         (out / f"{job['name']}.csv").write_text(p.read_text())
+    if not groups:  # and leave the committed summary alone
+        raise SystemExit(f"no run of suite {suite!r} under {runs_dir} (expected {runs_dir}/<job>/progress.csv, "
+                         f"e.g. {jobs[0]['name']})")
     summary = {}
     lines = []
     if suite == "minigrid":
         lines.append("| env | seed | steps until mean eval return > 0.9 |")
         lines.append("|---|---|---|")
     else:
-        extra = [] if threshold is None else ["best", f"first eval > {threshold:g}"]
+        extra = [] if threshold is None else ["best", f"mean eval to {budgets[-1] // 1000}k",
+                                              f"first eval > {threshold:g}"]
         lines.append("| env / preset | seeds | " + " | ".join([f"{b // 1000}k" for b in budgets] + extra)
                      + " | train steps/s |")
         lines.append("|---|---|" + "---|" * (len(budgets) + len(extra) + 1))
@@ -187,8 +193,13 @@ def report(suite: str, runs_dir: Path, out: Path, budgets: list[int] = BUDGETS,
             if threshold is not None:
                 best = [max(r["ret"]) for r in runs if r["ret"]]
                 first = [steps_to(r["steps"], r["ret"], threshold) for r in runs]
+                area = [float(np.mean([v for s, v in zip(r["steps"], r["ret"]) if s <= budgets[-1]]))
+                        for r in runs if r["ret"]]
                 entry["best"], entry[f"first_above_{threshold:g}"] = best, first
+                entry["mean_eval"] = {"per_seed": area, "median": float(np.median(area)) if area else None}
                 cells.append(" / ".join(f"{v:.0f}" for v in best) or "–")
+                cells.append((f"median {np.median(area):.0f} (" + " / ".join(f"{v:.0f}" for v in area) + ")")
+                             if area else "–")
                 cells.append(" / ".join(f"{v / 1000:.0f}k" if v is not None else "not reached" for v in first))
             sps = [r["final_steps"] / r["wall"] for r in runs if r["wall"] == r["wall"] and r["wall"] > 0]
             entry["train_sps"] = float(np.median(sps)) if sps else None
@@ -224,7 +235,8 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=int, default=BUDGETS, metavar="STEPS",
                     help="real-step budgets of the table's columns")
     ap.add_argument("--threshold", type=float, metavar="R",
-                    help="also report each seed's best evaluation and its first evaluation above R")
+                    help="also report each seed's best evaluation, its mean evaluation up to the last "
+                         "budget and its first evaluation above R")
     ap.add_argument("--only", nargs="+", metavar="GLOB",
                     help="run only the jobs whose name matches one of these shell patterns "
                          "(the report still covers every finished job of the suite)")
