@@ -397,8 +397,9 @@ class Gorila:
         parameters (greedy, or ε-greedy with ``epsilon_end``); never counted as training steps."""
         self._sync_local()
         env = eval_env(self, num_episodes, env_kwargs=self.config.env_kwargs, wrapper=self.wrapper)
+        # raw observations: _act_indices normalizes them itself
         return evaluate_episodes(env, lambda o: self._env_action(self._act_indices(o, deterministic)),
-                                 self._normalize, seed=eval_seed(self))
+                                 seed=eval_seed(self))
 
     # ----- Ray processes ----------------------------------------------------------------------
     @property
