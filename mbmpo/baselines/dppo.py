@@ -130,7 +130,7 @@ class DPPOConfig(BaseConfig):
     (a worker that dies is noticed at once by the launcher, which stops the others)."""
     shared_memory_allreduce: bool = True
     """Local runs (``--workers W``): sum gradients and statistics through shared memory
-    instead of gloo (same sums; 0.1 ms instead of 1-5 ms per call on this machine). Runs
+    instead of gloo (same sums; about 0.2 ms instead of 2 ms per call on this machine). Runs
     under torchrun always use the process group's backend."""
 
     def validate(self) -> None:
