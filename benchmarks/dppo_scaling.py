@@ -13,7 +13,7 @@ and reports
 * the speed-up over W = 1 (target: W = 2 >= 1.7x).
 
 ``--repeats R`` runs the whole sequence R times and reports medians; each round's speed-up
-is taken against that round's W = 1 run (a lone process runs 480-570 steps/s here from one
+is taken against that round's W = 1 run (a lone process ran 470-616 steps/s here from one
 minute to the next, so an unpaired ratio wanders by 15%).
 
 ``--independent 2`` also runs 2 single-worker trainings side by side, with no communication,

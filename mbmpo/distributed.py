@@ -17,8 +17,9 @@ worker exits on its own within a second of the launcher vanishing (SIGKILL, OOM 
 so a resumed run never shares its directory with orphans of the old one.
 
 Sums on one machine: gloo's all_reduce costs about 1 ms median, 2 ms mean and 4 ms at the
-90th percentile per call here, whatever the size up to 50k floats, while a round trip through
-a pipe between two processes takes 0.09 ms: the cost is gloo's hand-offs between its threads. DPPO calls
+90th percentile per call here, whatever the size up to 50k floats, while the shared-memory sum
+below, with one pipe message to and from each peer, takes 0.2 ms: the cost is gloo's hand-offs
+between its threads (``benchmarks/allreduce_latency.py``). DPPO calls
 it once per minibatch step, so ``spawn`` also gives its workers a :class:`SharedMemoryReducer`
 (every worker writes its tensor into shared memory, one barrier, every worker adds the W
 slots in rank order) and :func:`all_reduce_sum_` uses it for CPU tensors. Everything else
