@@ -606,6 +606,8 @@ class MBMPO:
             log.record("real/episode_return", float(np.mean(self._recent_returns)))
         log.record_dict(model_stats)
         log.record_dict(meta_stats)
+        # the state-independent std of theta: a shrinking std is how exploration dies out
+        log.record("policy/std_mean", self.policy.log_std.detach().exp().mean().item())
         log.record("time/real_sampling_s", t1 - t0)
         log.record("time/model_fit_s", t2 - t1)
         log.record("time/meta_s", t3 - t2)

@@ -1,3 +1,5 @@
+import csv
+
 import pytest
 import torch
 
@@ -51,6 +53,15 @@ def test_resume_gives_the_same_next_iteration(tmp_path):
     resumed.learn(180)
     assert torch.equal(flat(full), flat(resumed))
     assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
+
+
+def test_progress_logs_the_policy_std(tmp_path):
+    algo = MBMPO(pm_config(), out_dir=tmp_path, console=False)
+    algo.learn(180)
+    algo.close()
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert len(rows) == 2
+    assert float(rows[-1]["policy/std_mean"]) == pytest.approx(algo.policy.log_std.exp().mean().item())
 
 
 def test_learns_point_mass_end_to_end():
