@@ -59,7 +59,7 @@ def test_progress_logs_the_policy_std(tmp_path):
     algo = MBMPO(pm_config(), out_dir=tmp_path, console=False)
     algo.learn(180)
     algo.close()
-    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
     assert len(rows) == 2
     assert float(rows[-1]["policy/std_mean"]) == pytest.approx(algo.policy.log_std.exp().mean().item())
 
