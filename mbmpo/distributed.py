@@ -339,6 +339,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _close_all(reducers: list[SharedMemoryReducer | None]) -> None:
+    for red in reducers:
+        if red is not None:
+            red.close()
+
+
 def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 1,
           backend: str = "gloo", timeout_s: float = 120.0, grace_s: float = 5.0,
           failure_hint: Callable[[], str] | None = None, shared_memory: bool = True) -> None:
@@ -379,14 +385,10 @@ def spawn(fn: Callable[..., Any], args: tuple, num_workers: int, threads: int = 
             procs.append(p)
         print(f"dppo: {num_workers} worker(s) on 127.0.0.1:{port}; pids "
               + ", ".join(f"rank {r}={p.pid}" for r, p in enumerate(procs)), flush=True)
-        for red in reducers:  # the workers hold their own ends now; a dead worker's must close
-            if red is not None:
-                red.close()
+        _close_all(reducers)  # the workers hold their own ends now; a dead worker's must close
         stopped = _watch(procs, grace_s)
     except BaseException as exc:
-        for red in reducers:  # closing twice is harmless
-            if red is not None:
-                red.close()
+        _close_all(reducers)  # the launcher's ends (closing twice is harmless)
         n = len(_terminate(procs))
         if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
             print(f"dppo: SIGTERM: stopped {n} worker(s)", file=sys.stderr, flush=True)
