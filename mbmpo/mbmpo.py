@@ -164,6 +164,10 @@ class MBMPOConfig(BaseConfig):
     paper's) or 'mlp' (one MLP value function on features and time, refit every batch)."""
     baseline_epochs: int = 5
     """'mlp' baseline: Adam epochs per batch (minibatches of 1024)."""
+    min_std: float = 0.0
+    """Floor under the policy std, per action dimension (0 = none; rllab's ``min_std``). Without
+    one the outer step shrinks the std of theta from 0.61 to under 0.1 within 50k real steps
+    on HalfCheetah (BENCHMARKS.md 7.7), which starves both gradient steps of exploration."""
     eval_every: int = 8000
     """Evaluate every this many real steps (the final iteration always evaluates)."""
     eval_adapted: bool = True
@@ -186,6 +190,8 @@ class MBMPOConfig(BaseConfig):
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
         if self.normalize_reward:
             raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
+        if not (self.min_std >= 0 and math.isfinite(self.min_std)):
+            raise ConfigError(f"min_std must be a finite number >= 0 (0 = no floor), got {self.min_std}")
         if self.warmup_steps < 0 or self.inner_lr < 0:
             raise ConfigError(f"warmup_steps and inner_lr must be >= 0, got {self.warmup_steps}, {self.inner_lr}")
         if self.inner_kl_coef < 0 or self.inner_kl_target <= 0:
@@ -254,7 +260,8 @@ class MBMPO:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             self.policy = GaussianMLPPolicy(feat_dim, self.act_dim, c.hidden_sizes, c.activation,
-                                            c.init_log_std, c.ortho_init)
+                                            c.init_log_std, c.ortho_init,
+                                            math.log(c.min_std) if c.min_std > 0 else None)
             self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
                                              c.model_activation, self.num_position_dims,
                                              c.model_weight_norm, reward_head=c.learned_reward)
@@ -499,6 +506,7 @@ class MBMPO:
             post.dist = forward_per_task(self.policy, adapted, post.obs).detach()
         t3 = time.perf_counter()
         stats = self._outer_trpo(pre, post) if c.outer == "trpo" else self._outer_ppo(pre, post)
+        self.policy.clamp_log_std_()
         t4 = time.perf_counter()
         stats.update({"imagined/pre_return": pre.mean_return, "imagined/post_return": post.mean_return,
                       "time/imagined_sampling_s": (t1 - t0) + (t3 - t2), "time/inner_step_s": t2 - t1,
@@ -607,7 +615,7 @@ class MBMPO:
         log.record_dict(model_stats)
         log.record_dict(meta_stats)
         # the state-independent std of theta: a shrinking std is how exploration dies out
-        log.record("policy/std_mean", self.policy.log_std.detach().exp().mean().item())
+        log.record("policy/std_mean", self.policy.std().mean().item())
         log.record("time/real_sampling_s", t1 - t0)
         log.record("time/model_fit_s", t2 - t1)
         log.record("time/meta_s", t3 - t2)

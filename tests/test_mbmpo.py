@@ -64,6 +64,19 @@ def test_progress_logs_the_policy_std(tmp_path):
     assert float(rows[-1]["policy/std_mean"]) == pytest.approx(algo.policy.log_std.exp().mean().item())
 
 
+def test_min_std_floors_the_std_of_theta(tmp_path):
+    # the floor sits at the initial std, so every outer step that lowers the std is undone
+    algo = MBMPO(pm_config(init_log_std=-0.5, min_std=0.6), out_dir=tmp_path, console=False)
+    algo.learn(180)
+    algo.close()
+    assert (algo.policy.log_std.detach() >= torch.log(torch.tensor(0.6))).all()
+    rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
+    assert all(float(r["policy/std_mean"]) >= 0.6 - 1e-6 for r in rows)
+    free = MBMPO(pm_config(init_log_std=-0.5), console=False)
+    free.learn(180)
+    assert free.policy.log_std.detach().exp().min() < 0.6, "the same run without a floor must lower the std"
+
+
 def test_learns_point_mass_end_to_end():
     algo = MBMPO(pm_config(num_meta_steps=8), console=False)
     before = algo.evaluate(8)[0].mean()
@@ -109,6 +122,7 @@ def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
     (dict(meta_batch_size=5), "meta_batch_size 5 is not divisible by num_models 2"),
     (dict(outer="adam"), "outer 'adam' is not allowed"),
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
+    (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -78,6 +78,27 @@ def test_init_log_std_and_ortho_output_scale():
     assert pol(torch.randn(100, 4)).mean.abs().max() < 0.2  # output gain 0.01
 
 
+def test_std_floor_clamps_the_forward_pass_and_the_parameter():
+    pol = GaussianMLPPolicy(4, 2, (8,), init_log_std=-1.0, min_log_std=-1.5)
+    with torch.no_grad():
+        pol.log_std.copy_(torch.tensor([-3.0, -1.0]))
+    d = pol(torch.randn(5, 4))
+    assert torch.equal(d.log_std, torch.tensor([-1.5, -1.0]).expand(5, 2))
+    assert torch.allclose(pol.std(), torch.tensor([-1.5, -1.0]).exp())
+    # below the floor the std has no gradient; the projection puts it back on the floor,
+    # where the gradient flows again (the outer step can raise the std)
+    d.entropy().sum().backward()
+    assert pol.log_std.grad[0] == 0 and pol.log_std.grad[1] > 0
+    pol.clamp_log_std_()
+    assert torch.equal(pol.log_std.detach(), torch.tensor([-1.5, -1.0]))
+    pol.zero_grad()
+    pol(torch.randn(5, 4)).entropy().sum().backward()
+    assert (pol.log_std.grad > 0).all()
+    free = GaussianMLPPolicy(4, 2, (8,), init_log_std=-3.0)
+    free.clamp_log_std_()
+    assert torch.equal(free(torch.zeros(1, 4)).log_std, torch.full((1, 2), -3.0))
+
+
 def test_linear_feature_baseline_fits_linear_function_of_features():
     torch.manual_seed(0)
     obs = torch.randn(500, 3)
