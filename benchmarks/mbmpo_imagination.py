@@ -1,6 +1,8 @@
 """How fast does a fresh meta-policy learn inside a fixed, fitted ensemble? (MB-MPO tuning aid)
 
-Loads an MB-MPO checkpoint (its ensemble and real data set), re-initialises the policy, runs
+Loads an MB-MPO checkpoint (its ensemble and real data set), re-initialises the policy (or,
+with ``--keep-policy``, continues the checkpoint's: does more optimization in the same
+models still pay, or has the run reached what its models allow?), runs
 ``--meta-steps`` meta-steps with config overrides and reports the imagined pre-update
 return every 20 steps, the time per meta-step, and the real evaluation return at the end.
 Settings that learn faster per second here are candidates for the full loop; the real
@@ -25,7 +27,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mbmpo import MBMPO  # noqa: E402
-from policies import GaussianMLPPolicy  # noqa: E402
 
 
 def main() -> None:
@@ -37,38 +38,54 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=3)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-policy", action="store_true", help="continue the checkpoint's policy")
+    p.add_argument("--eval-every", type=int, default=0, help="real evaluation every N meta-steps (0: at the end)")
     p.add_argument("--out", default="benchmarks/results/mbmpo_imagination")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     over = json.loads(args.set)
-    # the outer optimizer's state and the inner step sizes must match the checkpoint's: switch the
-    # outer step and a learned (Meta-SGD) inner step after loading
-    late = {k: over.pop(k) for k in list(over) if k.startswith("outer") or k == "learn_inner_lr"}
+    # the outer optimizer's state, the inner step sizes and the policy's shape must match the
+    # checkpoint's: switch the outer step, a learned (Meta-SGD) inner step and (for a fresh
+    # policy) its architecture after loading
+    fresh_only = () if args.keep_policy else ("hidden_sizes", "activation", "init_log_std", "ortho_init")
+    late = {k: over.pop(k) for k in list(over)
+            if k.startswith("outer") or k == "learn_inner_lr" or k in fresh_only}
     algo = MBMPO.load(args.checkpoint, console=False, **over)
     c = algo.config
     for k, v in late.items():
         setattr(c, k, v)
     torch.manual_seed(args.seed)
-    algo.policy = GaussianMLPPolicy(algo.obs_dim - algo.num_position_dims, algo.act_dim, c.hidden_sizes,
-                                    c.activation, c.init_log_std, c.ortho_init)
-    algo.inner_lr = algo.initial_inner_lr()
+    algo.generator.manual_seed(args.seed)
+    policy = algo.build_policy()  # with the overrides' std floor, if any
+    if args.keep_policy:
+        policy.load_state_dict(algo.policy.state_dict())
+        policy.clamp_log_std_()
+    else:
+        algo.inner_lr = algo.initial_inner_lr()
+    algo.policy = policy
     if c.outer == "ppo":
         algo.outer_optimizer = torch.optim.Adam(algo.outer_params(), lr=c.outer_learning_rate)
-    if c.normalize_obs:
+    if c.normalize_obs and not args.keep_policy:
         algo.obs_rms.reset()
         algo.obs_rms.update(algo.dataset.arrays()["obs"][:, algo.num_position_dims :])
+    start_eval = float(algo.evaluate(args.eval_episodes)[0].mean())
+    print(args.name, {"meta_steps": 0, "real_eval_return": start_eval}, flush=True)
     t0 = time.perf_counter()
     curve, returns = [], []
     for i in range(args.meta_steps):
         stats = algo.meta_step()
         returns.append(stats["imagined/pre_return"])
-        if (i + 1) % 20 == 0:
-            curve.append({"meta_steps": i + 1, "imagined_return": float(np.mean(returns[-5:])),
-                          "kl": stats["meta/kl"]})
+        if (i + 1) % 20 == 0 or (args.eval_every and (i + 1) % args.eval_every == 0):
+            point = {"meta_steps": i + 1, "imagined_return": float(np.mean(returns[-5:])),
+                     "kl": stats["meta/kl"], "std": algo.policy.std().mean().item()}
+            if args.eval_every and (i + 1) % args.eval_every == 0:
+                point["real_eval_return"] = float(algo.evaluate(args.eval_episodes)[0].mean())
+            curve.append(point)
             print(args.name, curve[-1], flush=True)
-    sec = (time.perf_counter() - t0) / args.meta_steps
+    sec = (time.perf_counter() - t0) / args.meta_steps  # includes the periodic evaluations
     real, _ = algo.evaluate(args.eval_episodes)
-    res = {"name": args.name, "overrides": {**over, **late}, "curve": curve,
+    res = {"name": args.name, "checkpoint": args.checkpoint, "keep_policy": args.keep_policy,
+           "start_eval_return": start_eval, "overrides": {**over, **late}, "curve": curve,
            "final_imagined_return": float(np.mean(returns[-5:])), "real_eval_return": float(real.mean()),
            "seconds_per_meta_step": sec, "threads": args.threads}
     print(json.dumps(res))

@@ -259,9 +259,7 @@ class MBMPO:
         feat_dim = self.obs_dim - self.num_position_dims
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
-            self.policy = GaussianMLPPolicy(feat_dim, self.act_dim, c.hidden_sizes, c.activation,
-                                            c.init_log_std, c.ortho_init,
-                                            math.log(c.min_std) if c.min_std > 0 else None)
+            self.policy = self.build_policy()
             self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
                                              c.model_activation, self.num_position_dims,
                                              c.model_weight_norm, reward_head=c.learned_reward)
@@ -296,6 +294,13 @@ class MBMPO:
         self._recent_returns: list[float] = []
         self.logger: Logger | None = None
         self.row_task = torch.arange(c.num_envs) % c.meta_batch_size
+
+    def build_policy(self) -> GaussianMLPPolicy:
+        """A freshly initialised policy of the config's shape (draws from torch's global RNG)."""
+        c = self.config
+        return GaussianMLPPolicy(self.obs_dim - self.num_position_dims, self.act_dim, c.hidden_sizes,
+                                 c.activation, c.init_log_std, c.ortho_init,
+                                 math.log(c.min_std) if c.min_std > 0 else None)
 
     # ----- features and acting ---------------------------------------------------------
     def features(self, obs: Tensor) -> Tensor:
