@@ -174,7 +174,7 @@ class SharedMemoryReducer:
     def _barrier(self) -> None:
         peer = -1
         try:
-            for peer, conn in self.links.items():
+            for peer, conn in self.links.items():  # noqa: B007 (the except clause names the peer)
                 conn.send_bytes(b"\0")
             deadline = time.monotonic() + self.timeout_s
             for peer, conn in self.links.items():

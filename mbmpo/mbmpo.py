@@ -167,7 +167,8 @@ class MBMPOConfig(BaseConfig):
     min_std: float = 0.0
     """Floor under the policy std, per action dimension (0 = none; rllab's ``min_std``). Without
     one the outer step shrinks the std of theta from 0.61 to under 0.1 within 50k real steps
-    on HalfCheetah (BENCHMARKS.md 7.7), which starves both gradient steps of exploration."""
+    on HalfCheetah (BENCHMARKS.md 7.7); floors of 0.2 and 0.35 did not raise the return
+    there (7.8)."""
     eval_every: int = 8000
     """Evaluate every this many real steps (the final iteration always evaluates)."""
     eval_adapted: bool = True
