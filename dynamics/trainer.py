@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,8 @@ class FitConfig:
     """Resample each model's training split with replacement."""
     early_stop_ema: float = 0.99
     """Persistence of the smoothed validation loss; a model stops the first epoch it rises."""
+    early_stopping: bool = True
+    """False: every model trains ``max_epochs`` epochs and keeps its last weights."""
 
 
 @dataclass
@@ -61,6 +64,8 @@ def fit_ensemble(
     reward: Tensor | None = None,
     config: FitConfig | None = None,
     generator: torch.Generator | None = None,
+    val_mask: Tensor | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Fit every model of ``ensemble`` on the same transitions ``[B, ...]``.
 
@@ -68,6 +73,12 @@ def fit_ensemble(
     minibatch order, and stops on its own epoch when its smoothed validation loss rises;
     the weights of its best validation epoch are restored. Weights are warm-started from
     the previous fit; normalization statistics are recomputed on the whole data set.
+
+    ``val_mask`` ``[B, K]`` (bool) fixes the split instead: row b is validation data of
+    model k. A caller that keeps it across fits (as the original MB-MPO code keeps its
+    train/validation sets) validates warm-started models only on rows they never trained
+    on; a fresh random split each fit validates on rows earlier fits trained on.
+    ``on_epoch(epoch)`` is called after every epoch (1-based), e.g. to measure the models.
 
     Raises:
         TrainingError: the data or a loss contains NaN/inf.
@@ -84,10 +95,15 @@ def fit_ensemble(
     n = x.shape[0]
     num_val = max(1, int(round(cfg.val_fraction * n))) if n > 1 else 0
     num_models = ensemble.num_models
+    if val_mask is not None and tuple(val_mask.shape) != (n, num_models):
+        raise ValueError(f"val_mask must have shape [{n}, {num_models}], got {list(val_mask.shape)}")
     train_idx, val_idx = [], []
-    for _ in range(num_models):
-        perm = torch.randperm(n, generator=gen)
-        val, train = perm[:num_val], perm[num_val:]
+    for k in range(num_models):
+        if val_mask is not None:
+            val, train = val_mask[:, k].nonzero().flatten(), (~val_mask[:, k]).nonzero().flatten()
+        else:
+            perm = torch.randperm(n, generator=gen)
+            val, train = perm[:num_val], perm[num_val:]
         if cfg.bootstrap:
             train = train[torch.randint(len(train), (len(train),), generator=gen)]
         train_idx.append(train)
@@ -96,7 +112,7 @@ def fit_ensemble(
     active = [True] * num_models
     epochs = [0] * num_models
     best = [math.inf] * num_models
-    best_state = [copy.deepcopy(m.state_dict()) for m in ensemble.models]
+    best_state = [copy.deepcopy(m.state_dict()) for m in ensemble.models] if cfg.early_stopping else []
     ema = [math.nan] * num_models
     ema_prev = [math.nan] * num_models
     last_train = [math.nan] * num_models
@@ -124,12 +140,14 @@ def fit_ensemble(
                     continue
                 epochs[k] += 1
                 last_train[k] = sums[k] / max(1, len(order[k]))
-                vi = val_idx[k] if num_val else train_idx[k]
+                vi = val_idx[k] if len(val_idx[k]) else train_idx[k]
                 v = (ensemble.forward_model(k, x[vi]) - y[vi]).pow(2).mean().item()
                 if not math.isfinite(v):
                     raise TrainingError(f"dynamics model {k} produced a non-finite validation loss")
                 row[k] = v
-                if v < best[k]:
+                if not cfg.early_stopping:
+                    best[k] = v  # the last epoch's weights are kept
+                elif v < best[k]:
                     best[k] = v
                     best_state[k] = copy.deepcopy(ensemble.models[k].state_dict())
                 if math.isnan(ema[k]):
@@ -137,9 +155,12 @@ def fit_ensemble(
                 else:
                     ema_prev[k] = ema[k]
                     ema[k] = cfg.early_stop_ema * ema[k] + (1 - cfg.early_stop_ema) * v
-                if ema[k] > ema_prev[k]:
+                if ema[k] > ema_prev[k] and cfg.early_stopping:
                     active[k] = False
         history.append(row)
-    for k, m in enumerate(ensemble.models):
-        m.load_state_dict(best_state[k])
+        if on_epoch is not None:
+            on_epoch(len(history))
+    if cfg.early_stopping:
+        for k, m in enumerate(ensemble.models):
+            m.load_state_dict(best_state[k])
     return FitResult(epochs, best, last_train, time.perf_counter() - t0, history, val_idx)

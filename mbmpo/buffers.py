@@ -95,10 +95,14 @@ class TransitionDataset:
     Holds at most ``capacity`` rows (oldest dropped first); ``act_dtype`` int64 stores
     discrete action indices (:class:`ReplayBuffer`). ``state_dict`` /
     ``load_state_dict`` put the data in checkpoints so a resumed run loses none of it.
+    ``num_keys > 0`` gives every row ``num_keys`` uniform keys in [0, 1), drawn when the
+    row is added and kept with it (``arrays()["keys"]`` ``[size, num_keys]``): a split of
+    the rows that stays the same from one use of the data to the next.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int = 100_000,
-                 dtype: torch.dtype = torch.float64, act_dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float64, act_dtype: torch.dtype = torch.float32,
+                 num_keys: int = 0):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -107,22 +111,34 @@ class TransitionDataset:
         self.next_obs = torch.zeros(capacity, obs_dim, dtype=dtype)
         self.reward = torch.zeros(capacity, dtype=dtype)
         self.terminated = torch.zeros(capacity, dtype=torch.bool)
+        self.keys = torch.zeros(capacity, num_keys) if num_keys > 0 else None
         self.ptr = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor) -> None:
-        """Append ``[B, ...]`` transitions (any leading dims are flattened)."""
+    def add(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor,
+            generator: torch.Generator | None = None, keys: Tensor | None = None) -> None:
+        """Append ``[B, ...]`` transitions (any leading dims are flattened).
+
+        With ``num_keys > 0`` the new rows get ``keys`` ``[B, num_keys]`` when given (a
+        restored checkpoint), else fresh uniform draws from ``generator``.
+        """
         cols = [obs.reshape(-1, self.obs.shape[1]), act.reshape(-1, self.act.shape[1]),
                 next_obs.reshape(-1, self.obs.shape[1]), reward.reshape(-1), terminated.reshape(-1)]
+        stores = [self.obs, self.act, self.next_obs, self.reward, self.terminated]
+        if self.keys is not None:
+            if keys is None:
+                keys = torch.rand(cols[0].shape[0], self.keys.shape[1], generator=generator)
+            cols.append(keys)
+            stores.append(self.keys)
         b = cols[0].shape[0]
         if b > self.capacity:
             cols = [c[-self.capacity :] for c in cols]
             b = self.capacity
         idx = (self.ptr + torch.arange(b)) % self.capacity
-        for store, c in zip((self.obs, self.act, self.next_obs, self.reward, self.terminated), cols):
+        for store, c in zip(stores, cols):
             store[idx] = c.to(store.dtype)
         self.ptr = (self.ptr + b) % self.capacity
         self.size = min(self.capacity, self.size + b)
@@ -130,8 +146,11 @@ class TransitionDataset:
     def arrays(self) -> dict[str, Tensor]:
         """The stored rows, oldest first."""
         idx = (self.ptr - self.size + torch.arange(self.size)) % self.capacity
-        return {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
-                "reward": self.reward[idx], "terminated": self.terminated[idx]}
+        out = {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
+               "reward": self.reward[idx], "terminated": self.terminated[idx]}
+        if self.keys is not None:
+            out["keys"] = self.keys[idx]
+        return out
 
     def state_dict(self) -> dict[str, Tensor | int]:
         return {**self.arrays(), "capacity": self.capacity}
@@ -140,8 +159,11 @@ class TransitionDataset:
         if int(state["capacity"]) != self.capacity or state["obs"].shape[1] != self.obs.shape[1]:
             raise ValueError(f"dataset shape mismatch: capacity {state['capacity']} obs_dim "
                              f"{state['obs'].shape[1]} vs {self.capacity}, {self.obs.shape[1]}")
+        if self.keys is not None and "keys" not in state:
+            raise ValueError("dataset has no per-row keys (saved without a persistent split)")
         self.ptr = self.size = 0
-        self.add(state["obs"], state["act"], state["next_obs"], state["reward"], state["terminated"])
+        self.add(state["obs"], state["act"], state["next_obs"], state["reward"], state["terminated"],
+                 keys=state.get("keys") if self.keys is not None else None)
 
 
 class ReplayBuffer(TransitionDataset):

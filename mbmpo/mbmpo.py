@@ -104,10 +104,17 @@ class MBMPOConfig(BaseConfig):
     """Upper bound on model epochs per fit."""
     model_val_fraction: float = 0.2
     """Per-model validation split."""
+    model_split: str = "resample"
+    """'resample': each fit draws a new random split per model, so warm-started models are
+    validated on rows earlier fits trained on; 'persistent': every real transition is
+    assigned to each model's train or validation set once, when collected (as the original
+    code keeps its data sets), so validation rows are never trained on."""
     model_bootstrap: bool = False
     """Bootstrap-resample each model's training split."""
     model_early_stop_ema: float = 0.99
     """Persistence of the smoothed validation loss for per-model early stopping."""
+    model_early_stopping: bool = True
+    """False: every fit trains each model model_max_epochs epochs and keeps its last weights."""
     meta_batch_size: int = 20
     """Tasks per meta-step (must be divisible by num_models; paper: 20)."""
     rollouts_per_task: int = 50
@@ -185,6 +192,7 @@ class MBMPOConfig(BaseConfig):
             raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
                               f"num_models {self.num_models}")
         for name, allowed in (("outer", ("trpo", "ppo")), ("imagined_init", ("reset", "dataset")),
+                              ("model_split", ("resample", "persistent")),
                               ("collect_with", ("adapted", "pre_update")),
                               ("baseline", ("linear", "mlp"))):
             if getattr(self, name) not in allowed:
@@ -273,13 +281,15 @@ class MBMPO:
                 torch.manual_seed(c.seed + 1)
                 self.value_fn = MLPValue(feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init)
             self.value_optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=1e-3)
-        self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity)
+        self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
+                                         num_keys=c.num_models if c.model_split == "persistent" else 0)
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.fit_config = FitConfig(
             learning_rate=c.model_learning_rate, batch_size=c.model_batch_size,
             max_epochs=c.model_max_epochs, val_fraction=c.model_val_fraction,
-            bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema)
+            bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema,
+            early_stopping=c.model_early_stopping)
         self.outer_optimizer = None
         self.inner_kl_coef = float(c.inner_kl_coef)
         if c.outer == "ppo":
@@ -384,7 +394,7 @@ class MBMPO:
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
         # the models learn from the action the env applied (imagined steps clip the same way)
         applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
-        self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated)
+        self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator)
         starts = roll.obs[roll.timesteps == 0]
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]
         return roll
@@ -398,9 +408,10 @@ class MBMPO:
 
     def fit_models(self) -> dict[str, float]:
         data = self.dataset.arrays()
+        val_mask = data["keys"] < self.config.model_val_fraction if "keys" in data else None
         res = fit_ensemble(self.ensemble, data["obs"], data["act"], data["next_obs"],
                            data["reward"] if self.config.learned_reward else None,
-                           self.fit_config, self.generator)
+                           self.fit_config, self.generator, val_mask)
         if self.config.normalize_obs:
             self.obs_rms.reset()
             self.obs_rms.update(data["obs"][:, self.num_position_dims :])

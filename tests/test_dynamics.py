@@ -68,6 +68,28 @@ def test_per_model_early_stopping_and_best_weights_restored():
         assert now == pytest.approx(res.best_val_loss[k], rel=1e-5)  # best weights restored
 
 
+def test_fixed_split_fixed_epochs_and_epoch_callback():
+    obs, act, nxt = linear_data(200)
+    mask = torch.zeros(200, 2, dtype=torch.bool)
+    mask[:40, 0] = True
+    mask[150:, 1] = True
+    ens = DynamicsEnsemble(4, 2, num_models=2, hidden_sizes=(16,))
+    seen = []
+    res = fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=50, max_epochs=7, early_stopping=False),
+                       val_mask=mask, on_epoch=seen.append)
+    assert res.val_idx[0].tolist() == list(range(40)) and res.val_idx[1].tolist() == list(range(150, 200))
+    assert res.epochs == [7, 7] and seen == list(range(1, 8))
+    x = ens.in_rms.normalize(ens.inputs(obs, act).float())
+    y = ens.out_rms.normalize(ens.targets(obs, nxt).float())
+    for k in range(2):  # the last epoch's weights are kept, and reported
+        vi = res.val_idx[k]
+        with torch.no_grad():
+            assert (ens.forward_model(k, x[vi]) - y[vi]).pow(2).mean().item() == pytest.approx(res.val_history[-1][k])
+        assert res.best_val_loss[k] == res.val_history[-1][k]
+    with pytest.raises(ValueError, match=r"val_mask must have shape \[200, 2\], got \[200, 3\]"):
+        fit_ensemble(ens, obs, act, nxt, val_mask=torch.zeros(200, 3, dtype=torch.bool))
+
+
 def test_normalization_roundtrip_and_nan_data():
     obs, act, nxt = linear_data(200)
     ens = DynamicsEnsemble(4, 2, 1, (8,))
@@ -140,3 +162,23 @@ def test_transition_dataset_fifo_and_roundtrip():
     assert torch.equal(other.arrays()["obs"], ds.arrays()["obs"])
     with pytest.raises(ValueError, match="mismatch"):
         TransitionDataset(3, 1, capacity=5).load_state_dict(ds.state_dict())
+
+
+def test_dataset_keys_stay_with_their_rows():
+    ds = TransitionDataset(2, 1, capacity=5, num_keys=3)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        ds.add(torch.full((2, 2), float(i)), torch.zeros(2, 1), torch.ones(2, 2), torch.full((2,), float(i)),
+               torch.zeros(2, dtype=torch.bool), g)
+    keys = ds.arrays()["keys"]
+    assert keys.shape == (4, 3) and bool(((keys >= 0) & (keys < 1)).all())
+    ds.add(torch.full((2, 2), 2.0), torch.zeros(2, 1), torch.ones(2, 2), torch.full((2,), 2.0),
+           torch.zeros(2, dtype=torch.bool), g)  # wraps: the oldest row and its keys go
+    after = ds.arrays()
+    assert after["reward"].tolist() == [0.0, 1.0, 1.0, 2.0, 2.0]
+    assert torch.equal(after["keys"][:3], keys[1:])
+    other = TransitionDataset(2, 1, capacity=5, num_keys=3)
+    other.load_state_dict(ds.state_dict())
+    assert torch.equal(other.arrays()["keys"], after["keys"])
+    with pytest.raises(ValueError, match="no per-row keys"):
+        other.load_state_dict(TransitionDataset(2, 1, capacity=5).state_dict())

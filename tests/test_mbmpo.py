@@ -41,11 +41,12 @@ def test_seeded_runs_are_identical():
     assert torch.equal(a.dataset.arrays()["obs"], b.dataset.arrays()["obs"])
 
 
-def test_resume_gives_the_same_next_iteration(tmp_path):
-    full = MBMPO(pm_config(), console=False)
+@pytest.mark.parametrize("split", ["resample", "persistent"])
+def test_resume_gives_the_same_next_iteration(tmp_path, split):
+    full = MBMPO(pm_config(model_split=split), console=False)
     full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
     run = tmp_path / "run"
-    part = MBMPO(pm_config(), out_dir=run, console=False)
+    part = MBMPO(pm_config(model_split=split), out_dir=run, console=False)
     part.learn(120)
     part.close()
     resumed = MBMPO.load(run, out_dir=run, console=False)
@@ -53,6 +54,11 @@ def test_resume_gives_the_same_next_iteration(tmp_path):
     resumed.learn(180)
     assert torch.equal(flat(full), flat(resumed))
     assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
+    if split == "persistent":  # every row keeps the train/validation assignment it got when collected
+        assert torch.equal(full.dataset.arrays()["keys"][:120], part.dataset.arrays()["keys"])
+        assert full.dataset.arrays()["keys"].shape == (180, 2)
+    else:
+        assert "keys" not in full.dataset.arrays()
 
 
 def test_progress_logs_the_policy_std(tmp_path):
@@ -123,6 +129,7 @@ def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
     (dict(outer="adam"), "outer 'adam' is not allowed"),
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
     (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
+    (dict(model_split="bootstrap"), r"model_split 'bootstrap' is not allowed; use one of \['resample', 'persistent'\]"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):

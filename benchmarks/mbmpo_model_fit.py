@@ -1,0 +1,148 @@
+"""How well do an MB-MPO run's models predict the data its policy collects next?
+
+Issue 4 diagnosis aid (BENCHMARKS.md §7.9). Takes two checkpoints of one run, an earlier
+one (its models and dataset of n rows) and a later one whose dataset holds the same rows
+followed by the real data collected after the earlier checkpoint. The rows after n are
+data the earlier models never saw, gathered by the policy being trained: the states the
+imagined MDPs must get right. Starting from the earlier checkpoint's models, each scheme
+refits on the n rows and is measured on the next ``--next-rows`` rows:
+
+* ``as_run``: the run's own fit (its ``FitConfig``: a fresh random split, early stopping);
+* ``fixed``: no early stopping, every model trained ``--epochs`` epochs on all n rows,
+  measured after every epoch.
+
+Measures: 1-step MSE in the ensemble's normalized Δobs space (1.0 = predicting the mean
+change), and the open-loop error of H-step predictions along the next rows' real
+trajectories (real actions replayed; RMS over observation dims in units of each dim's
+std), at H = 1, 10 and the run's imagined horizon. Writes ``model_fit.json`` to ``--out``.
+
+    python benchmarks/mbmpo_model_fit.py runs/ckpts/std0.2_s0_54000.pt runs/ckpts/std0.2_s0_100k.pt \\
+        --out benchmarks/results/mbmpo_model_fit
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from dynamics.ensemble import DynamicsEnsemble  # noqa: E402
+from dynamics.trainer import fit_ensemble  # noqa: E402
+from mbmpo import MBMPO  # noqa: E402
+
+
+def one_step_mse(ens: DynamicsEnsemble, data: dict[str, Tensor]) -> list[float]:
+    """Per-model MSE of the normalized Δobs on ``data`` (rows ``[B, ...]``)."""
+    with torch.no_grad():
+        x = ens.in_rms.normalize(ens.inputs(data["obs"], data["act"]).float())
+        y = ens.out_rms.normalize(ens.targets(data["obs"], data["next_obs"]).float())
+        return [(ens.forward_model(k, x) - y).pow(2).mean().item() for k in range(ens.num_models)]
+
+
+def trajectories(data: dict[str, Tensor], num_envs: int) -> list[tuple[Tensor, Tensor]]:
+    """Split time-major rows (``[T * num_envs]``, env fastest) into contiguous pieces
+    ``(obs [L+1, D], act [L, A])``, cut where next_obs[t] differs from obs[t+1]."""
+    out = []
+    for j in range(num_envs):
+        obs, act, nxt = data["obs"][j::num_envs], data["act"][j::num_envs], data["next_obs"][j::num_envs]
+        breaks = [0] + [t + 1 for t in range(len(obs) - 1) if not torch.allclose(nxt[t], obs[t + 1])] + [len(obs)]
+        for a, b in zip(breaks[:-1], breaks[1:]):
+            out.append((torch.cat([obs[a:b], nxt[b - 1 : b]]), act[a:b]))
+    return out
+
+
+def open_loop_error(ens: DynamicsEnsemble, trajs: list[tuple[Tensor, Tensor]], horizons: list[int],
+                    obs_std: Tensor, stride: int = 25) -> dict[int, float]:
+    """Mean over models and start points of the RMS (over dims, in units of ``obs_std``)
+    error of the h-step open-loop prediction, for each h in ``horizons``."""
+    hmax = max(horizons)
+    errs: dict[int, list[float]] = {h: [] for h in horizons}
+    with torch.no_grad():
+        for obs, act in trajs:
+            starts = torch.arange(0, len(act) - hmax + 1, stride)
+            if len(starts) == 0:
+                continue
+            for k in range(ens.num_models):
+                s = obs[starts]
+                for h in range(1, hmax + 1):
+                    s, _ = ens.predict_k(k, s, act[starts + h - 1])
+                    if h in errs:
+                        e = ((s - obs[starts + h]) / obs_std).pow(2).mean(-1).sqrt()
+                        errs[h].extend(e.tolist())
+    return {h: sum(v) / max(1, len(v)) for h, v in errs.items()}
+
+
+def measure(ens: DynamicsEnsemble, nxt: dict[str, Tensor], trajs, horizons, obs_std) -> dict:
+    mse = one_step_mse(ens, nxt)
+    return {"next_mse_mean": sum(mse) / len(mse), "next_mse": mse,
+            "open_loop_rms": open_loop_error(ens, trajs, horizons, obs_std)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("early", help="earlier checkpoint of the run (its models and dataset)")
+    p.add_argument("late", help="later checkpoint of the same run (dataset continues the earlier one)")
+    p.add_argument("--next-rows", type=int, default=4000, help="rows after the earlier dataset to measure on")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the 'fixed' scheme")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/mbmpo_model_fit")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    algo = MBMPO.load(args.early, console=False)
+    data = algo.dataset.arrays()
+    n = len(algo.dataset)
+    late = torch.load(args.late, weights_only=True)["dataset"]
+    if late["obs"].shape[0] < n + args.next_rows or not torch.equal(late["obs"][:n], data["obs"]):
+        sys.exit(f"{args.late}: its dataset does not continue {args.early}'s {n} rows by {args.next_rows} rows")
+    nxt = {k: late[k][n : n + args.next_rows] for k in ("obs", "act", "next_obs")}
+    trajs = trajectories(nxt, algo.config.num_envs)
+    horizons = sorted({1, 10, algo.config.imagined_horizon})
+    obs_std = data["obs"].std(0).clamp_min(1e-6)
+    warm = copy.deepcopy(algo.ensemble)
+    result = {"early": args.early, "late": args.late, "rows": n, "next_rows": args.next_rows,
+              "trajectory_pieces": len(trajs), "horizons": horizons,
+              "checkpoint_models": measure(warm, nxt, trajs, horizons, obs_std)}
+    print(json.dumps({"checkpoint_models": result["checkpoint_models"]["next_mse_mean"]}), flush=True)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    ens = copy.deepcopy(warm)
+    t0 = time.perf_counter()
+    res = fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=algo.fit_config, generator=gen)
+    result["as_run"] = {**measure(ens, nxt, trajs, horizons, obs_std), "epochs": res.epochs,
+                        "fit_s": time.perf_counter() - t0, "val_loss": res.best_val_loss}
+    print(json.dumps({"as_run": result["as_run"]["next_mse_mean"], "epochs": res.epochs}), flush=True)
+
+    ens = copy.deepcopy(warm)
+    fixed: list[dict] = []
+    t0 = time.perf_counter()
+
+    def after_epoch(epoch: int) -> None:
+        fixed.append({"epoch": epoch, "s": time.perf_counter() - t0, **measure(ens, nxt, trajs, horizons, obs_std)})
+        print(json.dumps({"epoch": epoch, "next_mse": fixed[-1]["next_mse_mean"],
+                          "open_loop": fixed[-1]["open_loop_rms"]}), flush=True)
+
+    cfg = replace(algo.fit_config, max_epochs=args.epochs, early_stopping=False)
+    no_holdout = torch.zeros(n, ens.num_models, dtype=torch.bool)  # the next rows are the validation data
+    fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=cfg, generator=gen,
+                 val_mask=no_holdout, on_epoch=after_epoch)
+    result["fixed"] = fixed
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"model_fit_{Path(args.early).stem}.json"
+    (out / name).write_text(json.dumps(result, indent=1))
+    print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    main()
