@@ -14,7 +14,9 @@ refits on the n rows and is measured on the next ``--next-rows`` rows:
 Measures: 1-step MSE in the ensemble's normalized Δobs space (1.0 = predicting the mean
 change), and the open-loop error of H-step predictions along the next rows' real
 trajectories (real actions replayed; RMS over observation dims in units of each dim's
-std), at H = 1, 10 and the run's imagined horizon. Writes ``model_fit.json`` to ``--out``.
+std), and the error of the predicted H-step return (what the policy optimizes), at
+H = ``--horizons`` and the run's imagined horizon. Writes ``model_fit_<early>.json``
+to ``--out``.
 
     python benchmarks/mbmpo_model_fit.py runs/ckpts/std0.2_s0_54000.pt runs/ckpts/std0.2_s0_100k.pt \\
         --out benchmarks/results/mbmpo_model_fit
@@ -36,6 +38,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from dynamics.ensemble import DynamicsEnsemble  # noqa: E402
+from dynamics.reward_fns import RewardFn  # noqa: E402
 from dynamics.trainer import fit_ensemble  # noqa: E402
 from mbmpo import MBMPO  # noqa: E402
 
@@ -61,30 +64,44 @@ def trajectories(data: dict[str, Tensor], num_envs: int) -> list[tuple[Tensor, T
 
 
 def open_loop_error(ens: DynamicsEnsemble, trajs: list[tuple[Tensor, Tensor]], horizons: list[int],
-                    obs_std: Tensor, stride: int = 25) -> dict[int, float]:
-    """Mean over models and start points of the RMS (over dims, in units of ``obs_std``)
-    error of the h-step open-loop prediction, for each h in ``horizons``."""
+                    obs_std: Tensor, reward_fn: RewardFn, stride: int = 25) -> dict[str, dict[int, float]]:
+    """Open-loop predictions from start points every ``stride`` steps, real actions replayed.
+
+    For each h in ``horizons``, means over models and start points of: ``rms``, the RMS
+    (over dims, in units of ``obs_std``) state error after h steps; ``real_return`` and
+    ``pred_return``, the h-step return (``reward_fn`` on the real and on the predicted
+    transitions); ``return_abs_err``, the absolute error of the predicted h-step return.
+    """
     hmax = max(horizons)
-    errs: dict[int, list[float]] = {h: [] for h in horizons}
+    acc: dict[str, dict[int, list[float]]] = {m: {h: [] for h in horizons}
+                                              for m in ("rms", "real_return", "pred_return", "return_abs_err")}
     with torch.no_grad():
         for obs, act in trajs:
             starts = torch.arange(0, len(act) - hmax + 1, stride)
             if len(starts) == 0:
                 continue
+            real = torch.stack([reward_fn.reward(obs[starts + h], act[starts + h], obs[starts + h + 1])
+                                for h in range(hmax)]).cumsum(0)  # [H, starts]
             for k in range(ens.num_models):
                 s = obs[starts]
+                ret = torch.zeros(len(starts), dtype=obs.dtype)
                 for h in range(1, hmax + 1):
-                    s, _ = ens.predict_k(k, s, act[starts + h - 1])
-                    if h in errs:
-                        e = ((s - obs[starts + h]) / obs_std).pow(2).mean(-1).sqrt()
-                        errs[h].extend(e.tolist())
-    return {h: sum(v) / max(1, len(v)) for h, v in errs.items()}
+                    a = act[starts + h - 1]
+                    nxt, _ = ens.predict_k(k, s, a)
+                    ret = ret + reward_fn.reward(s, a, nxt)
+                    s = nxt
+                    if h in acc["rms"]:
+                        acc["rms"][h].extend(((s - obs[starts + h]) / obs_std).pow(2).mean(-1).sqrt().tolist())
+                        acc["real_return"][h].extend(real[h - 1].tolist())
+                        acc["pred_return"][h].extend(ret.tolist())
+                        acc["return_abs_err"][h].extend((ret - real[h - 1]).abs().tolist())
+    return {m: {h: sum(v) / max(1, len(v)) for h, v in d.items()} for m, d in acc.items()}
 
 
-def measure(ens: DynamicsEnsemble, nxt: dict[str, Tensor], trajs, horizons, obs_std) -> dict:
+def measure(ens: DynamicsEnsemble, nxt: dict[str, Tensor], trajs, horizons, obs_std, reward_fn) -> dict:
     mse = one_step_mse(ens, nxt)
     return {"next_mse_mean": sum(mse) / len(mse), "next_mse": mse,
-            "open_loop_rms": open_loop_error(ens, trajs, horizons, obs_std)}
+            "open_loop": open_loop_error(ens, trajs, horizons, obs_std, reward_fn)}
 
 
 def main() -> None:
@@ -93,6 +110,8 @@ def main() -> None:
     p.add_argument("late", help="later checkpoint of the same run (dataset continues the earlier one)")
     p.add_argument("--next-rows", type=int, default=4000, help="rows after the earlier dataset to measure on")
     p.add_argument("--epochs", type=int, default=20, help="epochs of the 'fixed' scheme")
+    p.add_argument("--horizons", type=int, nargs="+", default=[1, 10, 20, 30],
+                   help="open-loop horizons to measure (the run's imagined horizon is added)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/mbmpo_model_fit")
@@ -107,19 +126,19 @@ def main() -> None:
         sys.exit(f"{args.late}: its dataset does not continue {args.early}'s {n} rows by {args.next_rows} rows")
     nxt = {k: late[k][n : n + args.next_rows] for k in ("obs", "act", "next_obs")}
     trajs = trajectories(nxt, algo.config.num_envs)
-    horizons = sorted({1, 10, algo.config.imagined_horizon})
+    horizons = sorted({*args.horizons, algo.config.imagined_horizon})
     obs_std = data["obs"].std(0).clamp_min(1e-6)
     warm = copy.deepcopy(algo.ensemble)
     result = {"early": args.early, "late": args.late, "rows": n, "next_rows": args.next_rows,
               "trajectory_pieces": len(trajs), "horizons": horizons,
-              "checkpoint_models": measure(warm, nxt, trajs, horizons, obs_std)}
+              "checkpoint_models": measure(warm, nxt, trajs, horizons, obs_std, algo.reward_fn)}
     print(json.dumps({"checkpoint_models": result["checkpoint_models"]["next_mse_mean"]}), flush=True)
 
     gen = torch.Generator().manual_seed(args.seed)
     ens = copy.deepcopy(warm)
     t0 = time.perf_counter()
     res = fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=algo.fit_config, generator=gen)
-    result["as_run"] = {**measure(ens, nxt, trajs, horizons, obs_std), "epochs": res.epochs,
+    result["as_run"] = {**measure(ens, nxt, trajs, horizons, obs_std, algo.reward_fn), "epochs": res.epochs,
                         "fit_s": time.perf_counter() - t0, "val_loss": res.best_val_loss}
     print(json.dumps({"as_run": result["as_run"]["next_mse_mean"], "epochs": res.epochs}), flush=True)
 
@@ -128,9 +147,9 @@ def main() -> None:
     t0 = time.perf_counter()
 
     def after_epoch(epoch: int) -> None:
-        fixed.append({"epoch": epoch, "s": time.perf_counter() - t0, **measure(ens, nxt, trajs, horizons, obs_std)})
+        fixed.append({"epoch": epoch, "s": time.perf_counter() - t0, **measure(ens, nxt, trajs, horizons, obs_std, algo.reward_fn)})
         print(json.dumps({"epoch": epoch, "next_mse": fixed[-1]["next_mse_mean"],
-                          "open_loop": fixed[-1]["open_loop_rms"]}), flush=True)
+                          "open_loop": fixed[-1]["open_loop"]}), flush=True)
 
     cfg = replace(algo.fit_config, max_epochs=args.epochs, early_stopping=False)
     no_holdout = torch.zeros(n, ens.num_models, dtype=torch.bool)  # the next rows are the validation data
