@@ -9,14 +9,20 @@ refits on the n rows and is measured on the next ``--next-rows`` rows:
 
 * ``as_run``: the run's own fit (its ``FitConfig``: a fresh random split, early stopping);
 * ``fixed``: no early stopping, every model trained ``--epochs`` epochs on all n rows,
-  measured after every epoch.
+  measured after every epoch;
+* ``fresh_<type>`` (with ``--fresh TYPE ...``): newly initialized models of that type
+  (``deterministic`` or ``probabilistic``, the ``model_type`` option) trained the same way,
+  measured every ``--measure-every`` epochs; probabilistic models are measured with their
+  means and with draws (``open_loop_sampled``: each step draws from the Gaussian, as the
+  imagined MDPs do).
 
 Measures: 1-step MSE in the ensemble's normalized Δobs space (1.0 = predicting the mean
 change), and the open-loop error of H-step predictions along the next rows' real
 trajectories (real actions replayed; RMS over observation dims in units of each dim's
 std), and the error of the predicted H-step return (what the policy optimizes), at
 H = ``--horizons`` and the run's imagined horizon. Writes ``model_fit_<early>.json``
-to ``--out``.
+to ``--out`` (``model_fit_<early>_fresh.json`` with ``--fresh``, which skips the other
+schemes).
 
     python benchmarks/mbmpo_model_fit.py runs/ckpts/std0.2_s0_54000.pt runs/ckpts/std0.2_s0_100k.pt \\
         --out benchmarks/results/mbmpo_model_fit
@@ -64,13 +70,15 @@ def trajectories(data: dict[str, Tensor], num_envs: int) -> list[tuple[Tensor, T
 
 
 def open_loop_error(ens: DynamicsEnsemble, trajs: list[tuple[Tensor, Tensor]], horizons: list[int],
-                    obs_std: Tensor, reward_fn: RewardFn, stride: int = 25) -> dict[str, dict[int, float]]:
+                    obs_std: Tensor, reward_fn: RewardFn, stride: int = 25,
+                    generator: torch.Generator | None = None) -> dict[str, dict[int, float]]:
     """Open-loop predictions from start points every ``stride`` steps, real actions replayed.
 
     For each h in ``horizons``, means over models and start points of: ``rms``, the RMS
     (over dims, in units of ``obs_std``) state error after h steps; ``real_return`` and
     ``pred_return``, the h-step return (``reward_fn`` on the real and on the predicted
     transitions); ``return_abs_err``, the absolute error of the predicted h-step return.
+    ``generator`` makes probabilistic models draw each step instead of using their means.
     """
     hmax = max(horizons)
     acc: dict[str, dict[int, list[float]]] = {m: {h: [] for h in horizons}
@@ -87,7 +95,7 @@ def open_loop_error(ens: DynamicsEnsemble, trajs: list[tuple[Tensor, Tensor]], h
                 ret = torch.zeros(len(starts), dtype=obs.dtype)
                 for h in range(1, hmax + 1):
                     a = act[starts + h - 1]
-                    nxt, _ = ens.predict_k(k, s, a)
+                    nxt, _ = ens.predict_k(k, s, a, generator)
                     ret = ret + reward_fn.reward(s, a, nxt)
                     s = nxt
                     if h in acc["rms"]:
@@ -100,8 +108,33 @@ def open_loop_error(ens: DynamicsEnsemble, trajs: list[tuple[Tensor, Tensor]], h
 
 def measure(ens: DynamicsEnsemble, nxt: dict[str, Tensor], trajs, horizons, obs_std, reward_fn) -> dict:
     mse = one_step_mse(ens, nxt)
-    return {"next_mse_mean": sum(mse) / len(mse), "next_mse": mse,
-            "open_loop": open_loop_error(ens, trajs, horizons, obs_std, reward_fn)}
+    out = {"next_mse_mean": sum(mse) / len(mse), "next_mse": mse,
+           "open_loop": open_loop_error(ens, trajs, horizons, obs_std, reward_fn)}
+    if ens.probabilistic:
+        out["open_loop_sampled"] = open_loop_error(ens, trajs, horizons, obs_std, reward_fn,
+                                                   generator=torch.Generator().manual_seed(0))
+    return out
+
+
+def fit_fixed_epochs(ens: DynamicsEnsemble, data: dict[str, Tensor], cfg, epochs: int, every: int,
+                     gen: torch.Generator, measure_fn) -> list[dict]:
+    """Train every model ``epochs`` epochs on all rows (no early stopping, no holdout: the
+    next rows are the validation data); ``measure_fn(ens)`` every ``every`` epochs and at the end."""
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+
+    def after_epoch(epoch: int) -> None:
+        if epoch % every and epoch != epochs:
+            return
+        rows.append({"epoch": epoch, "s": time.perf_counter() - t0, **measure_fn(ens)})
+        print(json.dumps({"epoch": epoch, "next_mse": rows[-1]["next_mse_mean"],
+                          "open_loop": rows[-1]["open_loop"]}), flush=True)
+
+    n = data["obs"].shape[0]
+    fit_ensemble(ens, data["obs"], data["act"], data["next_obs"],
+                 config=replace(cfg, max_epochs=epochs, early_stopping=False), generator=gen,
+                 val_mask=torch.zeros(n, ens.num_models, dtype=torch.bool), on_epoch=after_epoch)
+    return rows
 
 
 def main() -> None:
@@ -112,6 +145,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs of the 'fixed' scheme")
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 10, 20, 30],
                    help="open-loop horizons to measure (the run's imagined horizon is added)")
+    p.add_argument("--fresh", nargs="+", choices=["deterministic", "probabilistic"], default=[],
+                   help="instead of the schemes on the checkpoint's models: fresh models of these types")
+    p.add_argument("--measure-every", type=int, default=1, metavar="E", help="epochs between measurements")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/mbmpo_model_fit")
@@ -135,30 +171,30 @@ def main() -> None:
     print(json.dumps({"checkpoint_models": result["checkpoint_models"]["next_mse_mean"]}), flush=True)
 
     gen = torch.Generator().manual_seed(args.seed)
-    ens = copy.deepcopy(warm)
-    t0 = time.perf_counter()
-    res = fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=algo.fit_config, generator=gen)
-    result["as_run"] = {**measure(ens, nxt, trajs, horizons, obs_std, algo.reward_fn), "epochs": res.epochs,
-                        "fit_s": time.perf_counter() - t0, "val_loss": res.best_val_loss}
-    print(json.dumps({"as_run": result["as_run"]["next_mse_mean"], "epochs": res.epochs}), flush=True)
 
-    ens = copy.deepcopy(warm)
-    fixed: list[dict] = []
-    t0 = time.perf_counter()
+    def measure_fn(e: DynamicsEnsemble) -> dict:
+        return measure(e, nxt, trajs, horizons, obs_std, algo.reward_fn)
 
-    def after_epoch(epoch: int) -> None:
-        fixed.append({"epoch": epoch, "s": time.perf_counter() - t0, **measure(ens, nxt, trajs, horizons, obs_std, algo.reward_fn)})
-        print(json.dumps({"epoch": epoch, "next_mse": fixed[-1]["next_mse_mean"],
-                          "open_loop": fixed[-1]["open_loop"]}), flush=True)
-
-    cfg = replace(algo.fit_config, max_epochs=args.epochs, early_stopping=False)
-    no_holdout = torch.zeros(n, ens.num_models, dtype=torch.bool)  # the next rows are the validation data
-    fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=cfg, generator=gen,
-                 val_mask=no_holdout, on_epoch=after_epoch)
-    result["fixed"] = fixed
+    suffix = "_fresh" if args.fresh else ""
+    for kind in args.fresh:
+        torch.manual_seed(args.seed)
+        c = algo.config
+        ens = DynamicsEnsemble(algo.obs_dim, algo.act_dim, c.num_models, c.model_hidden_sizes, c.model_activation,
+                               algo.num_position_dims, c.model_weight_norm, probabilistic=kind == "probabilistic")
+        result[f"fresh_{kind}"] = fit_fixed_epochs(ens, data, algo.fit_config, args.epochs, args.measure_every,
+                                                   gen, measure_fn)
+    if not args.fresh:
+        ens = copy.deepcopy(warm)
+        t0 = time.perf_counter()
+        res = fit_ensemble(ens, data["obs"], data["act"], data["next_obs"], config=algo.fit_config, generator=gen)
+        result["as_run"] = {**measure_fn(ens), "epochs": res.epochs,
+                            "fit_s": time.perf_counter() - t0, "val_loss": res.best_val_loss}
+        print(json.dumps({"as_run": result["as_run"]["next_mse_mean"], "epochs": res.epochs}), flush=True)
+        result["fixed"] = fit_fixed_epochs(copy.deepcopy(warm), data, algo.fit_config, args.epochs,
+                                           args.measure_every, gen, measure_fn)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"model_fit_{Path(args.early).stem}.json"
+    name = f"model_fit_{Path(args.early).stem}{suffix}.json"
     (out / name).write_text(json.dumps(result, indent=1))
     print(f"wrote {out / name}")
 

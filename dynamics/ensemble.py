@@ -1,10 +1,17 @@
-"""Ensemble of K deterministic MLP dynamics models predicting normalized state changes."""
+"""Ensemble of K MLP dynamics models predicting normalized state changes.
+
+Deterministic models (the MB-MPO paper's) predict the change itself; probabilistic ones
+(Chua et al. 2018, PETS) predict a diagonal Gaussian over it, are fitted by its negative
+log-likelihood and can be sampled in imagined rollouts.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbmpo.normalization import RunningMeanStd
@@ -19,6 +26,10 @@ class DynamicsEnsemble(nn.Module):
     the *full* observation, so positions are still predicted. Input and target statistics
     are recomputed on the whole dataset at each fit (:meth:`set_normalization`).
 
+    With ``probabilistic=True`` each model outputs a mean and a log-variance per target;
+    the log-variance is soft-bounded by learned per-model ``[min_logvar, max_logvar]``
+    (PETS, appendix A.1), kept in each model's :class:`GaussianHead`: ``lv = max - softplus(max - raw)``, ``lv = min + softplus(lv - min)``.
+
     The forward pass is a plain loop over the K models: measured faster on CPU than one
     batched ``[K, in, out]`` matmul or ``torch.vmap`` (benchmarks/dynamics_forward.py).
 
@@ -31,6 +42,7 @@ class DynamicsEnsemble(nn.Module):
         num_position_dims: leading observation entries left out of the model input.
         weight_norm: reparametrize every linear layer with weight normalization.
         reward_head: also predict the reward (for envs without an exact reward function).
+        probabilistic: predict a Gaussian (mean, log-variance) instead of a point.
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class DynamicsEnsemble(nn.Module):
         num_position_dims: int = 0,
         weight_norm: bool = False,
         reward_head: bool = False,
+        probabilistic: bool = False,
     ):
         super().__init__()
         if num_models < 1:
@@ -52,15 +65,15 @@ class DynamicsEnsemble(nn.Module):
         self.reward_head = reward_head
         self.in_dim = obs_dim - num_position_dims + act_dim
         self.out_dim = obs_dim + int(reward_head)
-        self.models = nn.ModuleList(
-            mlp(self.in_dim, hidden_sizes, self.out_dim, activation, ortho_init=False)
-            for _ in range(num_models)
-        )
+        self.probabilistic = probabilistic
+        head = self.out_dim * (2 if probabilistic else 1)
+        nets = [mlp(self.in_dim, hidden_sizes, head, activation, ortho_init=False) for _ in range(num_models)]
         if weight_norm:
-            for m in self.models:
+            for m in nets:
                 for i, layer in enumerate(m):
                     if isinstance(layer, nn.Linear):
                         m[i] = nn.utils.parametrizations.weight_norm(layer)
+        self.models = nn.ModuleList(GaussianHead(m, self.out_dim) if probabilistic else m for m in nets)
         self.in_rms = RunningMeanStd(self.in_dim)
         self.out_rms = RunningMeanStd(self.out_dim)
 
@@ -86,29 +99,54 @@ class DynamicsEnsemble(nn.Module):
         self.in_rms.update(self.inputs(obs, act))
         self.out_rms.update(self.targets(obs, next_obs, reward))
 
+    def forward_dist(self, k: int, x_norm: Tensor) -> tuple[Tensor, Tensor]:
+        """Model k: ``[B, in_dim] -> (mean [B, out_dim], log-variance [B, out_dim])``,
+        normalized; a deterministic model's log-variance is ``-inf`` (no spread)."""
+        out = self.models[k](x_norm)
+        if not self.probabilistic:
+            return out, torch.full_like(out, -math.inf)
+        mean, raw = out.split(self.out_dim, dim=-1)
+        hi, lo = self.models[k].max_logvar, self.models[k].min_logvar
+        logvar = hi - F.softplus(hi - raw)
+        return mean, lo + F.softplus(logvar - lo)
+
     def forward_model(self, k: int, x_norm: Tensor) -> Tensor:
-        """Model k on normalized inputs ``[B, in_dim] -> [B, out_dim]`` (normalized)."""
-        return self.models[k](x_norm)
+        """Model k's mean on normalized inputs ``[B, in_dim] -> [B, out_dim]`` (normalized)."""
+        out = self.models[k](x_norm)
+        return out[..., : self.out_dim] if self.probabilistic else out
 
     def forward(self, x_norm: Tensor) -> Tensor:
-        """Every model on its own batch: ``[K, B, in_dim] -> [K, B, out_dim]`` (normalized)."""
-        return torch.stack([m(x_norm[k]) for k, m in enumerate(self.models)])
+        """Every model's mean on its own batch: ``[K, B, in_dim] -> [K, B, out_dim]`` (normalized)."""
+        return torch.stack([self.forward_model(k, x_norm[k]) for k in range(self.num_models)])
 
-    def predict_k(self, k: int, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Model k: ``obs [B, obs_dim], act [B, act_dim] -> (next_obs [B, obs_dim], reward [B] | None)``."""
+    def predict_k(self, k: int, obs: Tensor, act: Tensor, generator: torch.Generator | None = None
+                  ) -> tuple[Tensor, Tensor | None]:
+        """Model k: ``obs [B, obs_dim], act [B, act_dim] -> (next_obs [B, obs_dim], reward [B] | None)``.
+
+        A probabilistic model returns a draw from its Gaussian when ``generator`` is given
+        and its mean otherwise; a deterministic one ignores ``generator``.
+        """
         x = self.in_rms.normalize(self.inputs(obs, act).float())
-        y = self.out_rms.denormalize(self.models[k](x)).to(obs.dtype)
+        if self.probabilistic and generator is not None:
+            mean, logvar = self.forward_dist(k, x)
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                                device=generator.device).to(mean.device)
+            y_norm = mean + (0.5 * logvar).exp() * noise
+        else:
+            y_norm = self.forward_model(k, x)
+        y = self.out_rms.denormalize(y_norm).to(obs.dtype)
         next_obs = obs + y[..., : self.obs_dim]
         return next_obs, (y[..., self.obs_dim] if self.reward_head else None)
 
-    def predict(self, obs: Tensor, act: Tensor, model_idx: Tensor | Sequence[tuple[int, Tensor]]
-                ) -> tuple[Tensor, Tensor | None]:
+    def predict(self, obs: Tensor, act: Tensor, model_idx: Tensor | Sequence[tuple[int, Tensor]],
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """Row i predicted by model ``model_idx[i]``.
 
         Args:
             obs: ``[B, obs_dim]``; act: ``[B, act_dim]``.
             model_idx: ``[B]`` long tensor, or precomputed groups ``[(k, row_indices)]``
                 (cheaper when the assignment is fixed, as in :class:`ImaginedEnv`).
+            generator: draw from probabilistic models (see :meth:`predict_k`).
 
         Returns:
             ``(next_obs [B, obs_dim], reward [B] or None)``.
@@ -117,11 +155,28 @@ class DynamicsEnsemble(nn.Module):
         next_obs = torch.empty_like(obs)
         reward = torch.empty(obs.shape[0], dtype=obs.dtype, device=obs.device) if self.reward_head else None
         for k, rows in groups:
-            nxt, rew = self.predict_k(k, obs[rows], act[rows])
+            nxt, rew = self.predict_k(k, obs[rows], act[rows], generator)
             next_obs[rows] = nxt
             if reward is not None:
                 reward[rows] = rew
         return next_obs, reward
+
+
+class GaussianHead(nn.Module):
+    """An MLP with ``2 * out_dim`` outputs (mean, raw log-variance) and its own learned
+    log-variance bounds ``[out_dim]``, so one model's parameters, optimizer and saved best
+    weights hold everything that model needs."""
+
+    def __init__(self, net: nn.Module, out_dim: int):
+        super().__init__()
+        self.net = net
+        # PETS's initial bounds, in units of the normalized target (unit variance)
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), -10.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_dim] -> [B, 2 * out_dim]`` (mean, unbounded log-variance)."""
+        return self.net(x)
 
 
 def group_rows(model_idx: Tensor) -> list[tuple[int, Tensor]]:

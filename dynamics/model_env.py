@@ -32,7 +32,10 @@ class ImaginedEnv:
         reward_fn: exact reward/termination; None uses the learned reward head (no termination).
         action_low, action_high: actions are clipped to these bounds before the model step.
         clip_obs: predicted observations are clipped to ``[-clip_obs, clip_obs]``.
-        generator: random source of ``init_fn``.
+        generator: random source of ``init_fn`` (and of the model draws).
+        sample: with a probabilistic ensemble, each step draws the next state (and reward)
+            from the model's Gaussian (PETS's trajectory sampling with fixed models per
+            row); False steps with its mean. Ignored by deterministic ensembles.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class ImaginedEnv:
         action_high: np.ndarray | Tensor | None = None,
         clip_obs: float = 1000.0,
         generator: torch.Generator | None = None,
+        sample: bool = True,
     ):
         if reward_fn is None and not ensemble.reward_head:
             raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
@@ -60,6 +64,7 @@ class ImaginedEnv:
         self.reward_fn = reward_fn
         self.clip_obs = clip_obs
         self.generator = generator or torch.Generator().manual_seed(0)
+        self.sample = sample and ensemble.probabilistic
         self.low = None if action_low is None else torch.as_tensor(action_low, dtype=torch.float32)
         self.high = None if action_high is None else torch.as_tensor(action_high, dtype=torch.float32)
         self._obs: Tensor | None = None
@@ -81,7 +86,8 @@ class ImaginedEnv:
         obs = self._obs
         if self.low is not None:
             act = torch.max(torch.min(act, self.high.to(act)), self.low.to(act))
-        next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups)
+        next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups,
+                                                      self.generator if self.sample else None)
         bad = ~torch.isfinite(next_obs).all(-1)
         if bad.any():
             rows = torch.nonzero(bad).squeeze(-1)

@@ -33,6 +33,25 @@ class FitConfig:
     """Persistence of the smoothed validation loss; a model stops the first epoch it rises."""
     early_stopping: bool = True
     """False: every model trains ``max_epochs`` epochs and keeps its last weights."""
+    logvar_bound_coef: float = 0.01
+    """Probabilistic models: weight of ``sum(max_logvar) - sum(min_logvar)`` in the loss
+    (PETS's value), which keeps the learned log-variance bounds tight."""
+
+
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
+    """Mean Gaussian negative log-likelihood without its constant, all ``[B, D]``:
+    ``mean((mean - target)^2 * exp(-logvar) + logvar)`` (PETS, eq. 2, per dimension)."""
+    return ((mean - target).pow(2) * torch.exp(-logvar) + logvar).mean()
+
+
+def model_loss(ensemble: DynamicsEnsemble, k: int, x: Tensor, y: Tensor, cfg: FitConfig) -> Tensor:
+    """Model k's training objective on normalized ``x [B, in_dim], y [B, out_dim]``: mean
+    squared error (deterministic) or Gaussian NLL plus the bound penalty (probabilistic)."""
+    if not ensemble.probabilistic:
+        return (ensemble.forward_model(k, x) - y).pow(2).mean()
+    mean, logvar = ensemble.forward_dist(k, x)
+    m = ensemble.models[k]
+    return gaussian_nll(mean, logvar, y) + cfg.logvar_bound_coef * (m.max_logvar.sum() - m.min_logvar.sum())
 
 
 @dataclass
@@ -79,6 +98,10 @@ def fit_ensemble(
     train/validation sets) validates warm-started models only on rows they never trained
     on; a fresh random split each fit validates on rows earlier fits trained on.
     ``on_epoch(epoch)`` is called after every epoch (1-based), e.g. to measure the models.
+
+    The training loss is :func:`model_loss` (Gaussian NLL for probabilistic models); the
+    validation loss, which early stopping and the logs use, is always the mean squared
+    error of the (mean) prediction, so it compares across model types.
 
     Raises:
         TrainingError: the data or a loss contains NaN/inf.
@@ -128,7 +151,7 @@ def fit_ensemble(
                 idx = order[k][b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if not active[k] or len(idx) == 0:
                     continue
-                loss = (ensemble.forward_model(k, x[idx]) - y[idx]).pow(2).mean()
+                loss = model_loss(ensemble, k, x[idx], y[idx], cfg)
                 opts[k].zero_grad(set_to_none=True)
                 loss.backward()
                 opts[k].step()

@@ -94,6 +94,13 @@ class MBMPOConfig(BaseConfig):
     """Activation of the dynamics models."""
     model_weight_norm: bool = False
     """Weight normalization in the dynamics models."""
+    model_type: str = "deterministic"
+    """'deterministic' (the paper: each model predicts the state change, fitted by squared
+    error) or 'probabilistic' (PETS: each model predicts a diagonal Gaussian over it, fitted
+    by its negative log-likelihood)."""
+    model_sample: bool = True
+    """Probabilistic models: imagined steps draw the next state from the predicted Gaussian
+    (false: its mean)."""
     learned_reward: bool = False
     """Learn a reward head (for envs without an exact reward function)."""
     model_learning_rate: float = 1e-3
@@ -193,6 +200,7 @@ class MBMPOConfig(BaseConfig):
                               f"num_models {self.num_models}")
         for name, allowed in (("outer", ("trpo", "ppo")), ("imagined_init", ("reset", "dataset")),
                               ("model_split", ("resample", "persistent")),
+                              ("model_type", ("deterministic", "probabilistic")),
                               ("collect_with", ("adapted", "pre_update")),
                               ("baseline", ("linear", "mlp"))):
             if getattr(self, name) not in allowed:
@@ -271,7 +279,8 @@ class MBMPO:
             self.policy = self.build_policy()
             self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
                                              c.model_activation, self.num_position_dims,
-                                             c.model_weight_norm, reward_head=c.learned_reward)
+                                             c.model_weight_norm, reward_head=c.learned_reward,
+                                             probabilistic=c.model_type == "probabilistic")
         self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
         self.obs_rms = RunningMeanStd(feat_dim)
         self.value_fn: MLPValue | None = None
@@ -423,7 +432,7 @@ class MBMPO:
         idx = tasks_model_idx(c.num_models, c.tasks_per_model, c.rollouts_per_task)
         return ImaginedEnv(self.ensemble, idx, self._init_fn, c.imagined_horizon, self.reward_fn,
                            self.action_space.low, self.action_space.high, c.imagined_clip_obs,
-                           self.generator)
+                           self.generator, sample=c.model_sample)
 
     def _task_batch(self, roll: Rollout) -> TaskBatch:
         """Per-task advantages (GAE on the baseline's values), normalized per task."""

@@ -6,7 +6,7 @@ import torch
 from dynamics.ensemble import DynamicsEnsemble
 from dynamics.model_env import ImaginedEnv, tasks_model_idx
 from dynamics.reward_fns import RewardFn, get_reward_fn
-from dynamics.trainer import FitConfig, fit_ensemble
+from dynamics.trainer import FitConfig, fit_ensemble, gaussian_nll, model_loss
 from mbmpo.buffers import TransitionDataset
 from mbmpo.errors import TrainingError
 from mbmpo.sampler import collect
@@ -88,6 +88,52 @@ def test_fixed_split_fixed_epochs_and_epoch_callback():
         assert res.best_val_loss[k] == res.val_history[-1][k]
     with pytest.raises(ValueError, match=r"val_mask must have shape \[200, 2\], got \[200, 3\]"):
         fit_ensemble(ens, obs, act, nxt, val_mask=torch.zeros(200, 3, dtype=torch.bool))
+
+
+def test_gaussian_nll_against_a_hand_computation():
+    mean, target = torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)
+    logvar = torch.tensor([[0.0, math.log(4.0)]])
+    # dim 0: 1^2 * 1 + 0; dim 1: 2^2 / 4 + log 4
+    assert gaussian_nll(mean, logvar, target).item() == pytest.approx((1.0 + 1.0 + math.log(4.0)) / 2)
+
+
+def test_probabilistic_models_learn_the_noise_and_sample_it():
+    """Heteroscedastic data: s' = s + 0.5 a + noise, noise std 0.05 for a < 0 and 0.4 for a > 0.
+    The Gaussian models recover both scales; draws spread by them, means do not."""
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    obs, act = torch.randn(n, 1, generator=g), torch.rand(n, 1, generator=g) * 2 - 1
+    std = torch.where(act > 0, 0.4, 0.05)
+    nxt = obs + 0.5 * act + std * torch.randn(n, 1, generator=g)
+    torch.manual_seed(0)
+    ens = DynamicsEnsemble(1, 1, num_models=2, hidden_sizes=(32, 32), probabilistic=True)
+    cfg = FitConfig(batch_size=200, max_epochs=150, early_stopping=False, learning_rate=3e-3)
+    fit_ensemble(ens, obs, act, nxt, config=cfg, generator=g)
+    probe_obs = torch.zeros(2000, 1)
+    for a, want in ((-0.5, 0.05), (0.5, 0.4)):
+        probe_act = torch.full((2000, 1), a)
+        mean, _ = ens.predict(probe_obs, probe_act, torch.zeros(2000, dtype=torch.long))
+        assert mean.std() < 1e-6 and mean.mean().item() == pytest.approx(0.5 * a, abs=0.1)
+        draw, _ = ens.predict(probe_obs, probe_act, torch.zeros(2000, dtype=torch.long),
+                              generator=torch.Generator().manual_seed(1))
+        assert draw.std().item() == pytest.approx(want, rel=0.25), (a, draw.std().item())
+        again, _ = ens.predict(probe_obs, probe_act, torch.zeros(2000, dtype=torch.long),
+                               generator=torch.Generator().manual_seed(1))
+        assert torch.equal(draw, again)
+    x = ens.in_rms.normalize(ens.inputs(obs, act))
+    y = ens.out_rms.normalize(ens.targets(obs, nxt))
+    for k in range(2):
+        _, logvar = ens.forward_dist(k, x)
+        m = ens.models[k]
+        # soft bounds: the lower softplus lifts values near the top by log(1 + e^-(max - min))
+        assert (logvar <= m.max_logvar + 0.05).all() and (logvar >= m.min_logvar).all()
+        # the training loss is the NLL plus the bound penalty
+        want = gaussian_nll(*ens.forward_dist(k, x), y) + 0.01 * (m.max_logvar.sum() - m.min_logvar.sum())
+        assert model_loss(ens, k, x, y, cfg).item() == pytest.approx(want.item())
+    # the deterministic ensemble has no spread to draw from
+    det = DynamicsEnsemble(1, 1, num_models=1, hidden_sizes=(8,))
+    assert torch.equal(det.predict(obs[:5], act[:5], torch.zeros(5, dtype=torch.long))[0],
+                       det.predict(obs[:5], act[:5], torch.zeros(5, dtype=torch.long), generator=g)[0])
 
 
 def test_normalization_roundtrip_and_nan_data():

@@ -41,12 +41,13 @@ def test_seeded_runs_are_identical():
     assert torch.equal(a.dataset.arrays()["obs"], b.dataset.arrays()["obs"])
 
 
-@pytest.mark.parametrize("split", ["resample", "persistent"])
-def test_resume_gives_the_same_next_iteration(tmp_path, split):
-    full = MBMPO(pm_config(model_split=split), console=False)
+@pytest.mark.parametrize("split,model_type", [("resample", "deterministic"), ("persistent", "deterministic"),
+                                              ("resample", "probabilistic")])
+def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type):
+    full = MBMPO(pm_config(model_split=split, model_type=model_type), console=False)
     full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
     run = tmp_path / "run"
-    part = MBMPO(pm_config(model_split=split), out_dir=run, console=False)
+    part = MBMPO(pm_config(model_split=split, model_type=model_type), out_dir=run, console=False)
     part.learn(120)
     part.close()
     resumed = MBMPO.load(run, out_dir=run, console=False)
@@ -83,8 +84,9 @@ def test_min_std_floors_the_std_of_theta(tmp_path):
     assert free.policy.log_std.detach().exp().min() < 0.6, "the same run without a floor must lower the std"
 
 
-def test_learns_point_mass_end_to_end():
-    algo = MBMPO(pm_config(num_meta_steps=8), console=False)
+@pytest.mark.parametrize("model_type", ["deterministic", "probabilistic"])
+def test_learns_point_mass_end_to_end(model_type):
+    algo = MBMPO(pm_config(num_meta_steps=8, model_type=model_type), console=False)
     before = algo.evaluate(8)[0].mean()
     algo.learn(480)
     after = algo.evaluate(8)[0].mean()
@@ -130,6 +132,7 @@ def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
     (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
     (dict(model_split="bootstrap"), r"model_split 'bootstrap' is not allowed; use one of \['resample', 'persistent'\]"),
+    (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -148,6 +151,8 @@ def test_nan_model_and_mismatched_checkpoint(tmp_path):
     assert ckpt.read_bytes() == good
     with pytest.raises(CheckpointError, match="does not match"):
         MBMPO.load(ckpt, console=False, model_hidden_sizes=[8])
+    with pytest.raises(CheckpointError, match="does not match"):
+        MBMPO.load(ckpt, console=False, model_type="probabilistic")
     assert ckpt.read_bytes() == good
 
 
