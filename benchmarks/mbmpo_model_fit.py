@@ -178,9 +178,7 @@ def main() -> None:
     suffix = "_fresh" if args.fresh else ""
     for kind in args.fresh:
         torch.manual_seed(args.seed)
-        c = algo.config
-        ens = DynamicsEnsemble(algo.obs_dim, algo.act_dim, c.num_models, c.model_hidden_sizes, c.model_activation,
-                               algo.num_position_dims, c.model_weight_norm, probabilistic=kind == "probabilistic")
+        ens = algo.build_ensemble(kind)
         result[f"fresh_{kind}"] = fit_fixed_epochs(ens, data, algo.fit_config, args.epochs, args.measure_every,
                                                    gen, measure_fn)
     if not args.fresh:

@@ -277,10 +277,7 @@ class MBMPO:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             self.policy = self.build_policy()
-            self.ensemble = DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
-                                             c.model_activation, self.num_position_dims,
-                                             c.model_weight_norm, reward_head=c.learned_reward,
-                                             probabilistic=c.model_type == "probabilistic")
+            self.ensemble = self.build_ensemble()
         self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
         self.obs_rms = RunningMeanStd(feat_dim)
         self.value_fn: MLPValue | None = None
@@ -321,6 +318,15 @@ class MBMPO:
         return GaussianMLPPolicy(self.obs_dim - self.num_position_dims, self.act_dim, c.hidden_sizes,
                                  c.activation, c.init_log_std, c.ortho_init,
                                  math.log(c.min_std) if c.min_std > 0 else None)
+
+    def build_ensemble(self, model_type: str | None = None) -> DynamicsEnsemble:
+        """Freshly initialised dynamics models of the config's shape, of ``model_type``
+        (default: the config's) (draws from torch's global RNG)."""
+        c = self.config
+        return DynamicsEnsemble(self.obs_dim, self.act_dim, c.num_models, c.model_hidden_sizes,
+                                c.model_activation, self.num_position_dims, c.model_weight_norm,
+                                reward_head=c.learned_reward,
+                                probabilistic=(model_type or c.model_type) == "probabilistic")
 
     # ----- features and acting ---------------------------------------------------------
     def features(self, obs: Tensor) -> Tensor:
