@@ -108,7 +108,7 @@ def test_only_restricts_labels_includes_and_reference(tmp_path):
     assert plan.report.labels == ["mbmpo", "trpo"] and plan.report.reference == "mbmpo"
     plan = plan_for(tmp_path, "--spec", str(spec), "--only", "ppo_tuned")
     assert [inc[0] for inc in plan.includes] == ["ppo_tuned"] and plan.report.reference == "ppo_tuned"
-    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, ppo, ppo_tuned, trpo"):
+    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, ppo, ppo_tuned, trpo"):
         plan_for(tmp_path, "--spec", str(spec), "--only", "nope")
 
 
@@ -119,6 +119,10 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert compare.run_config(t1.variants["fixed_kl_3"], "Hopper-v5", t1)["kl_coef"] == 3.0
     hc = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/halfcheetah.yaml"), "--seeds", "2")
     assert hc.seeds == [0, 1] and hc.budget("mbmpo") == 100_000 and hc.budget("trpo") == 200_000
+    # 'mbmpo' keeps the deterministic models it was measured with; the preset now has probabilistic ones
+    assert compare.run_config(hc.variants["mbmpo"], "HalfCheetah-v5", hc)["model_type"] == "deterministic"
+    assert compare.run_config(hc.variants["mbmpo_prob"], "HalfCheetah-v5", hc)["model_type"] == "probabilistic"
+    assert hc.budget("mbmpo_prob") == 200_000
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
