@@ -411,6 +411,24 @@ def run_config(v: Variant, env: str, plan: Plan) -> dict[str, Any]:
     return {"algo": v.algo, **cfg}
 
 
+def same_config(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether two label configs (preset.yaml mappings) train the same way: compared as
+    config objects, so a field written out at its default value (a pin added to a spec when
+    the preset changed) equals the same field left out."""
+    from mbmpo import ALGORITHMS
+
+    a = dict(a or {})
+    if a.get("algo") != b.get("algo"):
+        return False
+    cls = ALGORITHMS[b["algo"]][1]
+    try:
+        made = [config_from_dict(cls, {k: v for k, v in c.items() if k != "algo"}, source="preset.yaml")
+                for c in (a, b)]
+    except ConfigError:
+        return False
+    return made[0] == made[1]
+
+
 # ----- run states ---------------------------------------------------------------------------
 def run_status(run_dir: str | Path, total_steps: int) -> str:
     """What to do with a run directory for a budget of ``total_steps`` real steps.
@@ -448,7 +466,7 @@ def make_jobs(plan: Plan, write: bool = True, imported: set[Path] | None = None)
             cfg = run_config(v, env, plan)
             preset = plan.out / "runs" / env_dirname(env) / label / "preset.yaml"
             dirs = [run_dir(plan, env, label, s) for s in plan.seeds]
-            if preset.is_file() and yaml.safe_load(preset.read_text()) != cfg and any(
+            if preset.is_file() and not same_config(yaml.safe_load(preset.read_text()), cfg) and any(
                     (d / "progress.csv").is_file() and not (d / "imported.yaml").is_file()
                     for d in preset.parent.iterdir() if d.is_dir()):
                 raise ConfigError(f"label {label!r} on {env} already has runs made with another "

@@ -108,7 +108,7 @@ def test_only_restricts_labels_includes_and_reference(tmp_path):
     assert plan.report.labels == ["mbmpo", "trpo"] and plan.report.reference == "mbmpo"
     plan = plan_for(tmp_path, "--spec", str(spec), "--only", "ppo_tuned")
     assert [inc[0] for inc in plan.includes] == ["ppo_tuned"] and plan.report.reference == "ppo_tuned"
-    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, ppo, ppo_tuned, trpo"):
+    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, mbmpo_prob_kl0.02, ppo, ppo_tuned, trpo"):
         plan_for(tmp_path, "--spec", str(spec), "--only", "nope")
 
 
@@ -122,7 +122,14 @@ def test_spec_files_shipped_are_valid(tmp_path):
     # 'mbmpo' keeps the deterministic models it was measured with; the preset now has probabilistic ones
     assert compare.run_config(hc.variants["mbmpo"], "HalfCheetah-v5", hc)["model_type"] == "deterministic"
     assert compare.run_config(hc.variants["mbmpo_prob"], "HalfCheetah-v5", hc)["model_type"] == "probabilistic"
-    assert hc.budget("mbmpo_prob") == 200_000
+    assert hc.budget("mbmpo_prob") == 200_000 and hc.budget("mbmpo_prob_kl0.02") == 200_000
+    # labels keep the max KL they were measured with; the preset's is now 0.02
+    assert compare.run_config(hc.variants["mbmpo_prob_kl0.02"], "HalfCheetah-v5", hc)["max_kl"] == 0.02
+    assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
+    ab = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_ablation.yaml"))
+    kls = {k: compare.run_config(v, "HalfCheetah-v5", ab)["max_kl"] for k, v in ab.variants.items()}
+    assert kls.pop("mbmpo_kl0.03") == 0.03 and kls.pop("mbmpo_prob_kl0.02") == 0.02
+    assert set(kls.values()) == {0.01}
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
@@ -186,6 +193,14 @@ def test_in_process_compare_skips_resumes_and_reports(tmp_path, capsys):
     changed = [a.replace("update_epochs=1", "update_epochs=2") for a in point_args(out, steps="96")]
     with pytest.raises(ConfigError, match="label 'ppo' on mbmpo_test/PointMass-v0 already has runs"):
         compare.main(changed, runner=InProcess())
+    # a field written out at the value the runs had (a pin added when a preset changes) is
+    # the same config: nothing is refused or retrained
+    pinned = [a.replace("update_epochs=1", "update_epochs=1,clip_coef=0.2") for a in point_args(out, steps="96")]
+    runner5 = InProcess()
+    assert compare.main(pinned, runner=runner5) == 0 and runner5.calls == []
+    assert compare.same_config({"algo": "ppo"}, {"algo": "ppo", "clip_coef": 0.2})
+    assert not compare.same_config({"algo": "ppo"}, {"algo": "ppo", "clip_coef": 0.3})
+    assert not compare.same_config({"algo": "ppo"}, {"algo": "trpo"})
 
 
 def test_failed_run_is_reported_and_the_others_finish(tmp_path, capsys):
