@@ -414,7 +414,8 @@ def run_config(v: Variant, env: str, plan: Plan) -> dict[str, Any]:
 def same_config(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Whether two label configs (preset.yaml mappings) train the same way: compared as
     config objects, so a field written out at its default value (a pin added to a spec when
-    the preset changed) equals the same field left out."""
+    the preset changed) equals the same field left out. Fields left out are read at today's
+    config defaults on both sides."""
     from mbmpo import ALGORITHMS
 
     a = dict(a or {})
