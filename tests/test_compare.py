@@ -129,6 +129,12 @@ def test_spec_files_shipped_are_valid(tmp_path):
     ab = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_ablation.yaml"))
     kls = {k: compare.run_config(v, "HalfCheetah-v5", ab)["max_kl"] for k, v in ab.variants.items()}
     assert kls.pop("mbmpo_kl0.03") == kls.pop("mbmpo_prob_kl0.03") == 0.03 and kls.pop("mbmpo_prob_kl0.02") == 0.02
+    assert all(kls.pop(k) == 0.02 for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k", "mbmpo_prob_pi64"))
+    steps = {k: compare.run_config(ab.variants[k], "HalfCheetah-v5", ab)["num_meta_steps"]
+             for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k")}
+    assert steps == {"mbmpo_prob_meta60": 60, "mbmpo_prob_meta15": 15, "mbmpo_prob_it1k": 15}
+    assert compare.run_config(ab.variants["mbmpo_prob_it1k"], "HalfCheetah-v5", ab)["num_steps"] == 250
+    assert list(compare.run_config(ab.variants["mbmpo_prob_pi64"], "HalfCheetah-v5", ab)["hidden_sizes"]) == [64, 64]
     assert set(kls.values()) == {0.01}
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
