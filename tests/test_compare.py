@@ -127,15 +127,15 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert compare.run_config(hc.variants["mbmpo_prob_kl0.02"], "HalfCheetah-v5", hc)["max_kl"] == 0.02
     assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
     ab = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_ablation.yaml"))
-    kls = {k: compare.run_config(v, "HalfCheetah-v5", ab)["max_kl"] for k, v in ab.variants.items()}
+    cfgs = {k: compare.run_config(v, "HalfCheetah-v5", ab) for k, v in ab.variants.items()}
+    kls = {k: c["max_kl"] for k, c in cfgs.items()}
     assert kls.pop("mbmpo_kl0.03") == kls.pop("mbmpo_prob_kl0.03") == 0.03 and kls.pop("mbmpo_prob_kl0.02") == 0.02
     assert all(kls.pop(k) == 0.02 for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k", "mbmpo_prob_pi64"))
-    steps = {k: compare.run_config(ab.variants[k], "HalfCheetah-v5", ab)["num_meta_steps"]
-             for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k")}
-    assert steps == {"mbmpo_prob_meta60": 60, "mbmpo_prob_meta15": 15, "mbmpo_prob_it1k": 15}
-    assert compare.run_config(ab.variants["mbmpo_prob_it1k"], "HalfCheetah-v5", ab)["num_steps"] == 250
-    assert list(compare.run_config(ab.variants["mbmpo_prob_pi64"], "HalfCheetah-v5", ab)["hidden_sizes"]) == [64, 64]
     assert set(kls.values()) == {0.01}
+    # session 15's screens change one thing each against the preset (30 meta-steps, 500 steps per env, 32x32)
+    assert [cfgs[k]["num_meta_steps"] for k in ("mbmpo_prob_kl0.02", "mbmpo_prob_meta60", "mbmpo_prob_meta15")] == [30, 60, 15]
+    assert (cfgs["mbmpo_prob_it1k"]["num_steps"], cfgs["mbmpo_prob_it1k"]["num_meta_steps"]) == (250, 15)
+    assert list(cfgs["mbmpo_prob_pi64"]["hidden_sizes"]) == [64, 64]
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
