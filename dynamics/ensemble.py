@@ -128,15 +128,51 @@ class DynamicsEnsemble(nn.Module):
         """
         x = self.in_rms.normalize(self.inputs(obs, act).float())
         if self.probabilistic and generator is not None:
-            mean, logvar = self.forward_dist(k, x)
+            return self._outputs(obs, *self.forward_dist(k, x), generator)
+        return self._outputs(obs, self.forward_model(k, x), None, None)
+
+    def _outputs(self, obs: Tensor, mean: Tensor, logvar: Tensor | None,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        """Normalized ``mean, logvar [B, out_dim]`` -> ``(next_obs [B, obs_dim], reward [B] | None)``,
+        a draw from the Gaussian when ``generator`` is given (probabilistic models only)."""
+        y_norm = mean
+        if self.probabilistic and generator is not None:
             noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
                                 device=generator.device).to(mean.device)
             y_norm = mean + (0.5 * logvar).exp() * noise
-        else:
-            y_norm = self.forward_model(k, x)
         y = self.out_rms.denormalize(y_norm).to(obs.dtype)
-        next_obs = obs + y[..., : self.obs_dim]
-        return next_obs, (y[..., self.obs_dim] if self.reward_head else None)
+        return obs + y[..., : self.obs_dim], (y[..., self.obs_dim] if self.reward_head else None)
+
+    def predict_with_uncertainty(self, obs: Tensor, act: Tensor, model_idx: Tensor, kind: str,
+                                 generator: torch.Generator | None = None
+                                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`predict` plus an uncertainty ``u [B]`` of every row, from all K models.
+
+        ``kind`` is 'disagreement' (the norm of the across-model std of the K mean predictions,
+        ``|| std_k mu_k(s, a) ||_2``, as in MOReL/M2AC) or 'aleatoric'
+        (MOPO, Yu et al. 2020 sec. 4.3: ``max_k || sigma_k(s, a) ||_2``, probabilistic
+        models only). Both are measured on the state-change targets in normalized units (one unit
+        = one std of that dimension's change in the data), so one penalty weight fits tasks whose
+        state dimensions differ in scale. Costs K model passes over every row instead of one.
+
+        Returns:
+            ``(next_obs [B, obs_dim], reward [B] or None, u [B])``.
+        """
+        if kind not in UNCERTAINTIES:
+            raise ValueError(f"uncertainty {kind!r} is not allowed; use one of {list(UNCERTAINTIES)}")
+        if kind == "aleatoric" and not self.probabilistic:
+            raise ValueError("the 'aleatoric' uncertainty needs probabilistic models")
+        x = self.in_rms.normalize(self.inputs(obs, act).float())
+        means, logvars = map(torch.stack, zip(*(self.forward_dist(k, x) for k in range(self.num_models))))
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        mean, logvar = means[model_idx, rows], logvars[model_idx, rows]
+        state = slice(0, self.obs_dim)
+        if kind == "disagreement":
+            u = means[..., state].std(0, unbiased=False).norm(dim=-1)
+        else:
+            u = (0.5 * logvars[..., state]).exp().norm(dim=-1).amax(0)
+        next_obs, reward = self._outputs(obs, mean, logvar, generator)
+        return next_obs, reward, u.to(obs.dtype)
 
     def predict(self, obs: Tensor, act: Tensor, model_idx: Tensor | Sequence[tuple[int, Tensor]],
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
@@ -160,6 +196,10 @@ class DynamicsEnsemble(nn.Module):
             if reward is not None:
                 reward[rows] = rew
         return next_obs, reward
+
+
+UNCERTAINTIES = ("disagreement", "aleatoric")
+"""Kinds of :meth:`DynamicsEnsemble.predict_with_uncertainty`."""
 
 
 class GaussianHead(nn.Module):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dynamics.ensemble import DynamicsEnsemble, group_rows
+from dynamics.ensemble import UNCERTAINTIES, DynamicsEnsemble, group_rows
 from dynamics.reward_fns import RewardFn
 from mbmpo.errors import TrainingError
 
@@ -36,6 +37,10 @@ class ImaginedEnv:
         sample: with a probabilistic ensemble, each step draws the next state (and reward)
             from the model's Gaussian (PETS's trajectory sampling with fixed models per
             row); False steps with its mean. Ignored by deterministic ensembles.
+        penalty_coef: lambda of the uncertainty-penalized reward ``r - lambda * u(s, a)`` (MOPO,
+            Yu et al. 2020 eq. 2), which discourages the policy from exploiting states and
+            actions where the models are unreliable; 0 = off (one model pass per row, not K).
+        uncertainty: the kind of ``u`` (see :meth:`DynamicsEnsemble.predict_with_uncertainty`).
     """
 
     def __init__(
@@ -50,11 +55,19 @@ class ImaginedEnv:
         clip_obs: float = 1000.0,
         generator: torch.Generator | None = None,
         sample: bool = True,
+        penalty_coef: float = 0.0,
+        uncertainty: str = "disagreement",
     ):
         if reward_fn is None and not ensemble.reward_head:
             raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if not (penalty_coef >= 0 and math.isfinite(penalty_coef)):
+            raise ValueError(f"penalty_coef must be a finite number >= 0, got {penalty_coef}")
+        if uncertainty not in UNCERTAINTIES:
+            raise ValueError(f"uncertainty {uncertainty!r} is not allowed; use one of {list(UNCERTAINTIES)}")
+        if penalty_coef > 0 and uncertainty == "aleatoric" and not ensemble.probabilistic:
+            raise ValueError("the 'aleatoric' uncertainty needs probabilistic models")
         self.ensemble = ensemble
         self.model_idx = model_idx.long()
         self.groups = group_rows(self.model_idx)
@@ -70,6 +83,8 @@ class ImaginedEnv:
         self._obs: Tensor | None = None
         self._t = torch.zeros(self.num_envs, dtype=torch.long)
         self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
+        self.penalty_coef, self.uncertainty = penalty_coef, uncertainty
+        self.penalty_sum, self.penalty_steps = 0.0, 0
 
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
@@ -86,8 +101,12 @@ class ImaginedEnv:
         obs = self._obs
         if self.low is not None:
             act = torch.max(torch.min(act, self.high.to(act)), self.low.to(act))
-        next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups,
-                                                      self.generator if self.sample else None)
+        gen = self.generator if self.sample else None
+        if self.penalty_coef > 0:
+            next_obs, learned_rew, u = self.ensemble.predict_with_uncertainty(
+                obs, act, self.model_idx, self.uncertainty, gen)
+        else:
+            next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups, gen)
         bad = ~torch.isfinite(next_obs).all(-1)
         if bad.any():
             rows = torch.nonzero(bad).squeeze(-1)
@@ -101,6 +120,11 @@ class ImaginedEnv:
         else:
             rew = learned_rew
             term = torch.zeros(self.num_envs, dtype=torch.bool)
+        if self.penalty_coef > 0:
+            penalty = self.penalty_coef * u.to(rew)
+            rew = rew - penalty
+            self.penalty_sum += float(penalty.sum())
+            self.penalty_steps += self.num_envs
         self._t += 1
         self._ret += rew.double()
         trunc = (self._t >= self.horizon) & ~term
@@ -115,6 +139,11 @@ class ImaginedEnv:
             self._ret[rows] = 0.0
         self._obs = new_obs
         return new_obs, rew.float(), term, trunc, {"final_obs": next_obs, "episode": episode}
+
+    @property
+    def mean_penalty(self) -> float:
+        """Mean reward penalty ``lambda * u`` per imagined step so far (0 when off)."""
+        return self.penalty_sum / max(self.penalty_steps, 1)
 
     def close(self) -> None:
         pass

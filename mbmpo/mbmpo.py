@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynamics.ensemble import DynamicsEnsemble
+from dynamics.ensemble import UNCERTAINTIES, DynamicsEnsemble
 from dynamics.model_env import ImaginedEnv, tasks_model_idx
 from dynamics.reward_fns import REWARD_FNS, RewardFn, get_reward_fn
 from dynamics.trainer import FitConfig, fit_ensemble
@@ -101,6 +101,14 @@ class MBMPOConfig(BaseConfig):
     model_sample: bool = True
     """Probabilistic models: imagined steps draw the next state from the predicted Gaussian
     (false: its mean)."""
+    model_penalty: float = 0.0
+    """Weight lambda of the uncertainty penalty on imagined rewards, ``r - lambda * u(s, a)``
+    (MOPO, Yu et al. 2020): the policy gains nothing from states and actions where the models
+    are unreliable. ``u`` is in normalized state-change units (about 0.1 on HalfCheetah's
+    visited states at 200k real steps, disagreement; BENCHMARKS.md 7.18). 0 = off."""
+    model_uncertainty: str = "disagreement"
+    """The penalty's ``u``: 'disagreement' (the spread of the K models' mean predictions) or
+    'aleatoric' (the largest predicted std of the K models, MOPO's; probabilistic models)."""
     learned_reward: bool = False
     """Learn a reward head (for envs without an exact reward function)."""
     model_learning_rate: float = 1e-3
@@ -202,11 +210,16 @@ class MBMPOConfig(BaseConfig):
                               ("model_split", ("resample", "persistent")),
                               ("model_type", ("deterministic", "probabilistic")),
                               ("collect_with", ("adapted", "pre_update")),
-                              ("baseline", ("linear", "mlp"))):
+                              ("baseline", ("linear", "mlp")),
+                              ("model_uncertainty", UNCERTAINTIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
         if self.normalize_reward:
             raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
+        if not (self.model_penalty >= 0 and math.isfinite(self.model_penalty)):
+            raise ConfigError(f"model_penalty must be a finite number >= 0 (0 = off), got {self.model_penalty}")
+        if self.model_penalty > 0 and self.model_uncertainty == "aleatoric" and self.model_type != "probabilistic":
+            raise ConfigError("model_uncertainty 'aleatoric' needs model_type 'probabilistic'")
         if not (self.min_std >= 0 and math.isfinite(self.min_std)):
             raise ConfigError(f"min_std must be a finite number >= 0 (0 = no floor), got {self.min_std}")
         if self.warmup_steps < 0 or self.inner_lr < 0:
@@ -438,7 +451,8 @@ class MBMPO:
         idx = tasks_model_idx(c.num_models, c.tasks_per_model, c.rollouts_per_task)
         return ImaginedEnv(self.ensemble, idx, self._init_fn, c.imagined_horizon, self.reward_fn,
                            self.action_space.low, self.action_space.high, c.imagined_clip_obs,
-                           self.generator, sample=c.model_sample)
+                           self.generator, sample=c.model_sample, penalty_coef=c.model_penalty,
+                           uncertainty=c.model_uncertainty)
 
     def _task_batch(self, roll: Rollout) -> TaskBatch:
         """Per-task advantages (GAE on the baseline's values), normalized per task."""
@@ -543,6 +557,8 @@ class MBMPO:
         stats.update({"imagined/pre_return": pre.mean_return, "imagined/post_return": post.mean_return,
                       "time/imagined_sampling_s": (t1 - t0) + (t3 - t2), "time/inner_step_s": t2 - t1,
                       "time/outer_step_s": t4 - t3})
+        if c.model_penalty > 0:  # the imagined returns above are net of it
+            stats["imagined/penalty"] = env.mean_penalty
         return stats
 
     def _outer_surrogate_and_kl(self, pre: TaskBatch, post: TaskBatch):

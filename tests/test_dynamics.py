@@ -196,6 +196,59 @@ def test_imagined_env_termination_and_nan_error():
         env.step(torch.zeros(2, 1))
 
 
+def test_uncertainty_against_a_hand_computation():
+    """Disagreement: the norm of the across-model (population) std of the normalized means.
+    Constant-shift models 0, 1, 2 (in normalized units: unit target std) differ by std(0, 1, 2)
+    = sqrt(2/3) in each of 2 dims. Aleatoric (MOPO): the largest per-model norm of the std."""
+    ens = constant_shift_ensemble([0.0, 1.0, 2.0])
+    obs, act = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 1)
+    idx = torch.tensor([2, 0, 1])
+    nxt, _, u = ens.predict_with_uncertainty(obs, act, idx, "disagreement")
+    assert torch.allclose(nxt, ens.predict(obs, act, idx)[0])  # each row still steps with its model
+    assert torch.allclose(u, torch.full((3,), math.sqrt(2 * 2 / 3), dtype=torch.float64))
+    assert u.dtype == obs.dtype
+    same = constant_shift_ensemble([1.5, 1.5])
+    assert same.predict_with_uncertainty(obs, act, torch.tensor([0, 1, 0]), "disagreement")[2].abs().max() < 1e-7
+    torch.manual_seed(0)
+    prob = DynamicsEnsemble(2, 1, num_models=3, hidden_sizes=(8,), probabilistic=True)
+    o, a = torch.randn(5, 2), torch.randn(5, 1)
+    x = prob.in_rms.normalize(prob.inputs(o, a))
+    stds = torch.stack([(0.5 * prob.forward_dist(k, x)[1]).exp() for k in range(3)])  # [K, B, 2]
+    want = torch.stack([stds[:, i].norm(dim=-1).max() for i in range(5)])
+    _, _, u = prob.predict_with_uncertainty(o, a, torch.zeros(5, dtype=torch.long), "aleatoric")
+    assert torch.allclose(u, want)
+    # a draw of row i uses row i's model and the generator, exactly as predict does
+    rows_model0 = torch.zeros(5, dtype=torch.long)
+    d1 = prob.predict_with_uncertainty(o, a, rows_model0, "aleatoric", torch.Generator().manual_seed(3))[0]
+    d2 = prob.predict(o, a, rows_model0, torch.Generator().manual_seed(3))[0]
+    assert torch.allclose(d1, d2)
+    with pytest.raises(ValueError, match="'aleatoric' uncertainty needs probabilistic models"):
+        ens.predict_with_uncertainty(obs, act, idx, "aleatoric")
+    with pytest.raises(ValueError, match=r"uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"):
+        ens.predict_with_uncertainty(obs, act, idx, "max")
+
+
+def test_imagined_env_penalizes_the_reward_by_the_uncertainty():
+    """r - lambda * u per step; the penalty is logged and the trajectories do not change."""
+    ens = constant_shift_ensemble([0.0, 1.0, 2.0])
+    idx = tasks_model_idx(3, tasks_per_model=1, rows_per_task=2)
+    fn = RewardFn("test", dt=1.0, num_position_dims=1, ctrl_cost_weight=0.0)
+    zeros = lambda n, g: torch.zeros(n, 2, dtype=torch.float64)  # noqa: E731
+    policy = lambda o: (torch.zeros(o.shape[0], 1), {})  # noqa: E731
+    plain = collect(ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn), policy, 6)
+    env = ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn, penalty_coef=0.5)
+    pen = collect(env, policy, 6)
+    u = math.sqrt(2 * 2 / 3)
+    assert torch.allclose(pen.rewards, plain.rewards - 0.5 * u)
+    assert torch.equal(pen.next_obs, plain.next_obs)
+    assert env.mean_penalty == pytest.approx(0.5 * u)
+    assert pen.episode_returns[4] == pytest.approx(8.0 - 4 * 0.5 * u)
+    with pytest.raises(ValueError, match="penalty_coef must be a finite number >= 0, got -1.0"):
+        ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn, penalty_coef=-1.0)
+    with pytest.raises(ValueError, match="'aleatoric' uncertainty needs probabilistic models"):
+        ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn, penalty_coef=1.0, uncertainty="aleatoric")
+
+
 def test_transition_dataset_fifo_and_roundtrip():
     ds = TransitionDataset(2, 1, capacity=5)
     for i in range(3):

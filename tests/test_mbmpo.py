@@ -123,6 +123,21 @@ def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
     assert MBMPO.load(tmp_path / "ck.pt", console=False).inner_kl_coef == pytest.approx(0.05)
 
 
+def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
+    """Same seed, same models: the penalized imagined pre-update return is the plain one less
+    horizon * mean penalty (every imagined episode runs the full horizon on the point mass)."""
+    plain, s0 = _ppo_meta_step()
+    _, s1 = _ppo_meta_step(model_penalty=2.0, model_type="probabilistic", model_uncertainty="aleatoric")
+    _, s2 = _ppo_meta_step(model_penalty=2.0, model_type="probabilistic", model_sample=False)
+    assert "imagined/penalty" not in s0 and s1["imagined/penalty"] > 0 and s2["imagined/penalty"] > 0
+    _, s3 = _ppo_meta_step(model_type="probabilistic", model_sample=False)
+    # the penalty does not change the (mean) trajectories of the first, pre-update collection
+    assert s2["imagined/pre_return"] < s3["imagined/pre_return"]
+    H = plain.config.imagined_horizon
+    assert s3["imagined/pre_return"] - s2["imagined/pre_return"] == pytest.approx(
+        H * s2["imagined/penalty"], rel=0.1)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(env_id="Pendulum-v1"), "no reward function registered for env id 'Pendulum-v1'"),
     (dict(env_id="CartPole-v1", learned_reward=True), "a 1-D Box is needed"),
@@ -132,6 +147,9 @@ def test_inner_kl_penalty_holds_the_pre_update_policy_and_adapts(tmp_path):
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
     (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
     (dict(model_split="bootstrap"), r"model_split 'bootstrap' is not allowed; use one of \['resample', 'persistent'\]"),
+    (dict(model_penalty=-0.5), r"model_penalty must be a finite number >= 0 \(0 = off\), got -0.5"),
+    (dict(model_uncertainty="max"), r"model_uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"),
+    (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "model_uncertainty 'aleatoric' needs model_type 'probabilistic'"),
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
 ])
 def test_bad_input_is_named(kw, msg):
