@@ -131,7 +131,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     kls = {k: c["max_kl"] for k, c in cfgs.items()}
     assert kls.pop("mbmpo_kl0.03") == kls.pop("mbmpo_prob_kl0.03") == 0.03 and kls.pop("mbmpo_prob_kl0.02") == 0.02
     assert all(kls.pop(k) == 0.02 for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k", "mbmpo_prob_pi64",
-                                            "mbmpo_prob_pen1", "mbmpo_prob_pen5"))
+                                            "mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10"))
     assert set(kls.values()) == {0.01}
     # session 15's screens change one thing each against the preset (30 meta-steps, 500 steps per env, 32x32)
     assert [cfgs[k]["num_meta_steps"] for k in ("mbmpo_prob_kl0.02", "mbmpo_prob_meta60", "mbmpo_prob_meta15")] == [30, 60, 15]
@@ -139,7 +139,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert list(cfgs["mbmpo_prob_pi64"]["hidden_sizes"]) == [64, 64]
     # session 16: the uncertainty penalty is off in the preset, on in its two screens
     assert "model_penalty" not in cfgs["mbmpo_prob_kl0.02"]
-    assert [cfgs[k]["model_penalty"] for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5")] == [1.0, 5.0]
+    assert [cfgs[k]["model_penalty"] for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10")] == [1.0, 5.0, 10.0]
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
