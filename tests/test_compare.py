@@ -108,7 +108,7 @@ def test_only_restricts_labels_includes_and_reference(tmp_path):
     assert plan.report.labels == ["mbmpo", "trpo"] and plan.report.reference == "mbmpo"
     plan = plan_for(tmp_path, "--spec", str(spec), "--only", "ppo_tuned")
     assert [inc[0] for inc in plan.includes] == ["ppo_tuned"] and plan.report.reference == "ppo_tuned"
-    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, mbmpo_prob_kl0.02, ppo, ppo_tuned, trpo"):
+    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, mbmpo_prob_kl0.02, mbmpo_prob_pen5, ppo, ppo_tuned, trpo"):
         plan_for(tmp_path, "--spec", str(spec), "--only", "nope")
 
 
@@ -122,7 +122,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     # 'mbmpo' keeps the deterministic models it was measured with; the preset now has probabilistic ones
     assert compare.run_config(hc.variants["mbmpo"], "HalfCheetah-v5", hc)["model_type"] == "deterministic"
     assert compare.run_config(hc.variants["mbmpo_prob"], "HalfCheetah-v5", hc)["model_type"] == "probabilistic"
-    assert hc.budget("mbmpo_prob") == 200_000 and hc.budget("mbmpo_prob_kl0.02") == 200_000
+    assert hc.budget("mbmpo_prob") == 200_000 and hc.budget("mbmpo_prob_kl0.02") == 200_000 == hc.budget("mbmpo_prob_pen5")
     # labels keep the max KL they were measured with; the preset's is now 0.02
     assert compare.run_config(hc.variants["mbmpo_prob_kl0.02"], "HalfCheetah-v5", hc)["max_kl"] == 0.02
     assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
@@ -137,9 +137,14 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert [cfgs[k]["num_meta_steps"] for k in ("mbmpo_prob_kl0.02", "mbmpo_prob_meta60", "mbmpo_prob_meta15")] == [30, 60, 15]
     assert (cfgs["mbmpo_prob_it1k"]["num_steps"], cfgs["mbmpo_prob_it1k"]["num_meta_steps"]) == (250, 15)
     assert list(cfgs["mbmpo_prob_pi64"]["hidden_sizes"]) == [64, 64]
-    # session 16: the uncertainty penalty is off in the preset, on in its two screens
-    assert "model_penalty" not in cfgs["mbmpo_prob_kl0.02"]
-    assert [cfgs[k]["model_penalty"] for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10")] == [1.0, 5.0, 10.0]
+    # session 16: the preset penalizes imagined rewards (model_penalty 5.0); every label measured
+    # without the penalty pins it off, the screens set their own
+    pens = {k: c["model_penalty"] for k, c in cfgs.items()}
+    assert [pens.pop(k) for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10")] == [1.0, 5.0, 10.0]
+    assert set(pens.values()) == {0.0}
+    hc_pens = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc).get("model_penalty")
+               for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5")}
+    assert hc_pens == {"mbmpo": 0.0, "mbmpo_prob": 0.0, "mbmpo_prob_kl0.02": 0.0, "mbmpo_prob_pen5": 5.0}
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
