@@ -150,7 +150,7 @@ class DynamicsEnsemble(nn.Module):
 
         ``kind`` is 'disagreement' (the norm of the across-model std of the K mean predictions,
         ``|| std_k mu_k(s, a) ||_2``, as in MOReL/M2AC) or 'aleatoric'
-        (MOPO, Yu et al. 2020 sec. 4.3: ``max_k || sigma_k(s, a) ||_2``, probabilistic
+        (MOPO, Yu et al. 2020: ``max_k || sigma_k(s, a) ||_2``, probabilistic
         models only). Both are measured on the state-change targets in normalized units (one unit
         = one std of that dimension's change in the data), so one penalty weight fits tasks whose
         state dimensions differ in scale. Costs K model passes over every row instead of one.

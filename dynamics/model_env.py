@@ -38,7 +38,7 @@ class ImaginedEnv:
             from the model's Gaussian (PETS's trajectory sampling with fixed models per
             row); False steps with its mean. Ignored by deterministic ensembles.
         penalty_coef: lambda of the uncertainty-penalized reward ``r - lambda * u(s, a)`` (MOPO,
-            Yu et al. 2020 eq. 2), which discourages the policy from exploiting states and
+            Yu et al. 2020), which discourages the policy from exploiting states and
             actions where the models are unreliable; 0 = off (one model pass per row, not K).
         uncertainty: the kind of ``u`` (see :meth:`DynamicsEnsemble.predict_with_uncertainty`).
     """
