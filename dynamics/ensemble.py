@@ -143,6 +143,13 @@ class DynamicsEnsemble(nn.Module):
         y = self.out_rms.denormalize(y_norm).to(obs.dtype)
         return obs + y[..., : self.obs_dim], (y[..., self.obs_dim] if self.reward_head else None)
 
+    def check_uncertainty(self, kind: str) -> None:
+        """Raise a one-line ``ValueError`` unless this ensemble can compute uncertainty ``kind``."""
+        if kind not in UNCERTAINTIES:
+            raise ValueError(f"uncertainty {kind!r} is not allowed; use one of {list(UNCERTAINTIES)}")
+        if kind == "aleatoric" and not self.probabilistic:
+            raise ValueError("the 'aleatoric' uncertainty needs probabilistic models")
+
     def predict_with_uncertainty(self, obs: Tensor, act: Tensor, model_idx: Tensor, kind: str,
                                  generator: torch.Generator | None = None
                                  ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -158,10 +165,7 @@ class DynamicsEnsemble(nn.Module):
         Returns:
             ``(next_obs [B, obs_dim], reward [B] or None, u [B])``.
         """
-        if kind not in UNCERTAINTIES:
-            raise ValueError(f"uncertainty {kind!r} is not allowed; use one of {list(UNCERTAINTIES)}")
-        if kind == "aleatoric" and not self.probabilistic:
-            raise ValueError("the 'aleatoric' uncertainty needs probabilistic models")
+        self.check_uncertainty(kind)
         x = self.in_rms.normalize(self.inputs(obs, act).float())
         means, logvars = map(torch.stack, zip(*(self.forward_dist(k, x) for k in range(self.num_models))))
         rows = torch.arange(obs.shape[0], device=obs.device)

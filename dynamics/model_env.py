@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynamics.ensemble import UNCERTAINTIES, DynamicsEnsemble, group_rows
+from dynamics.ensemble import DynamicsEnsemble, group_rows
 from dynamics.reward_fns import RewardFn
 from mbmpo.errors import TrainingError
 
@@ -64,10 +64,8 @@ class ImaginedEnv:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if not (penalty_coef >= 0 and math.isfinite(penalty_coef)):
             raise ValueError(f"penalty_coef must be a finite number >= 0, got {penalty_coef}")
-        if uncertainty not in UNCERTAINTIES:
-            raise ValueError(f"uncertainty {uncertainty!r} is not allowed; use one of {list(UNCERTAINTIES)}")
-        if penalty_coef > 0 and uncertainty == "aleatoric" and not ensemble.probabilistic:
-            raise ValueError("the 'aleatoric' uncertainty needs probabilistic models")
+        if penalty_coef > 0:
+            ensemble.check_uncertainty(uncertainty)
         self.ensemble = ensemble
         self.model_idx = model_idx.long()
         self.groups = group_rows(self.model_idx)
