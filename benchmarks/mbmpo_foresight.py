@@ -4,8 +4,8 @@ For a run directory with a checkpoint:
 1. real deterministic episodes of the pre-update policy θ (what evaluation measures);
 2. from every ``--stride``-th real state, closed-loop imagined rollouts of the same policy,
    ``--draws`` per model, ``--horizon`` steps, drawn as in training (probabilistic models
-   sample each step); no termination is applied after the imagined start, so compare tasks
-   without termination (HalfCheetah, Swimmer);
+   sample each step); an imagined row that terminates adds no reward after it, and only
+   windows that lie inside the real episode are compared;
 3. per start: the real reward per step over the next H steps, the imagined one (mean and
    range over models), and the models' disagreement on the real (s, a) at the start (the
    ``u`` of the imagined-reward penalty, normalized units).
@@ -62,16 +62,19 @@ def imagined_reward_per_step(algo: MBMPO, starts: np.ndarray, horizon: int, draw
     # Row order (start, model, draw): row i starts at start[i // (K * draws)].
     idx = torch.arange(K).repeat_interleave(draws).repeat(S)
     init = start.repeat_interleave(K * draws, dim=0)
-    ienv = ImaginedEnv(algo.ensemble, idx, lambda n, g: init, horizon, algo.reward_fn,
+    # Rows that terminate are reset to init[:n] and masked out below: what they reset to is unused.
+    ienv = ImaginedEnv(algo.ensemble, idx, lambda n, g: init[:n], horizon, algo.reward_fn,
                        algo.action_space.low, algo.action_space.high,
                        generator=torch.Generator().manual_seed(seed))
     o = ienv.reset()
     ret = torch.zeros(len(idx), dtype=torch.float64)
+    alive = torch.ones(len(idx), dtype=torch.bool)
     for _ in range(horizon):
         with torch.no_grad():
             a = algo.policy(algo.features(o)).mode()
-        o, r, _, _, _ = ienv.step(a)
-        ret += r
+        o, r, term, _, _ = ienv.step(a)
+        ret += r * alive
+        alive &= ~term
     return (ret / horizon).view(S, K, draws).mean(-1).numpy()
 
 
