@@ -45,7 +45,7 @@ from mbmpo.meta import (
 )
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
-from mbmpo.returns import discount_cumsum, gae
+from mbmpo.returns import discount_cumsum, gae, reward_drop
 from mbmpo.runner import (
     counters,
     end_iteration,
@@ -139,6 +139,16 @@ class MBMPOConfig(BaseConfig):
     """Imagined trajectory length (paper: 200)."""
     imagined_init: str = "reset"
     """Imagined start states: 'reset' (real initial states) or 'dataset' (real visited states)."""
+    focus_fraction: float = 0.0
+    """'dataset' starts: this fraction of each batch of imagined start states is drawn from the
+    real states around the largest falls of the real reward (the top ``focus_quantile`` of rows
+    by :func:`mbmpo.returns.reward_drop` over ``focus_window`` steps; rows without a fall are
+    never picked), the rest uniformly. Aimed at stumbles the models foresee only a few steps
+    ahead, which uniform starts rarely reach (BENCHMARKS.md 7.19, 7.21). 0 = uniform."""
+    focus_window: int = 25
+    """Real steps on each side of a step for ``reward_drop``."""
+    focus_quantile: float = 0.01
+    """Share of the dataset's rows, by largest reward drop, that focused starts are drawn from."""
     imagined_clip_obs: float = 1000.0
     """Predicted observations are clipped to +-this."""
     num_meta_steps: int = 30
@@ -221,6 +231,12 @@ class MBMPOConfig(BaseConfig):
             raise ConfigError(f"model_penalty must be a finite number >= 0 (0 = off), got {self.model_penalty}")
         if self.model_penalty > 0 and self.model_uncertainty == "aleatoric" and self.model_type != "probabilistic":
             raise ConfigError("model_uncertainty 'aleatoric' needs model_type 'probabilistic'")
+        if not 0 <= self.focus_fraction <= 1 or not 0 < self.focus_quantile <= 1 or self.focus_window < 1:
+            raise ConfigError(f"focus_fraction must be in [0, 1], focus_quantile in (0, 1] and focus_window "
+                              f">= 1, got {self.focus_fraction}, {self.focus_quantile}, {self.focus_window}")
+        if self.focus_fraction > 0 and self.imagined_init != "dataset":
+            raise ConfigError(f"focus_fraction {self.focus_fraction} needs imagined_init 'dataset', "
+                              f"got {self.imagined_init!r}")
         if not (self.min_std >= 0 and math.isfinite(self.min_std)):
             raise ConfigError(f"min_std must be a finite number >= 0 (0 = no floor), got {self.min_std}")
         if self.warmup_steps < 0 or self.inner_lr < 0:
@@ -302,7 +318,8 @@ class MBMPO:
                 self.value_fn = MLPValue(feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init)
             self.value_optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=1e-3)
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
-                                         num_keys=c.num_models if c.model_split == "persistent" else 0)
+                                         num_keys=c.num_models if c.model_split == "persistent" else 0,
+                                         priority=c.focus_fraction > 0)
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.fit_config = FitConfig(
@@ -423,17 +440,35 @@ class MBMPO:
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
         # the models learn from the action the env applied (imagined steps clip the same way)
         applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
-        self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator)
+        drop = (reward_drop(roll.rewards, roll.dones, roll.timesteps, c.focus_window)
+                if self.dataset.priority is not None else None)
+        self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator,
+                         priority=drop)
         starts = roll.obs[roll.timesteps == 0]
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]
         return roll
 
     def _init_fn(self, n: int, gen: torch.Generator) -> Tensor:
-        if self.config.imagined_init == "reset" and len(self.init_states) > 0:
-            pool = self.init_states
-        else:
-            pool = self.dataset.arrays()["obs"]
-        return pool[torch.randint(len(pool), (n,), generator=gen)].clone()
+        c = self.config
+        if c.imagined_init == "reset" and len(self.init_states) > 0:
+            return self.init_states[torch.randint(len(self.init_states), (n,), generator=gen)].clone()
+        data = self.dataset.arrays()
+        idx = torch.randint(len(data["obs"]), (n,), generator=gen)
+        m = round(c.focus_fraction * n)
+        if m > 0 and "priority" in data:
+            focus = self._focus_rows(data["priority"])
+            if len(focus) > 0:
+                # spread over the batch: rows are split into contiguous blocks per task and model
+                where = torch.randperm(n, generator=gen)[:m]
+                idx[where] = focus[torch.randint(len(focus), (m,), generator=gen)]
+        return data["obs"][idx].clone()
+
+    def _focus_rows(self, priority: Tensor) -> Tensor:
+        """Dataset rows that focused starts are drawn from: the top ``focus_quantile`` by
+        reward drop, without rows whose drop is 0 (``[<= size]`` row indices)."""
+        k = max(1, int(self.config.focus_quantile * len(priority)))
+        top = torch.topk(priority, min(k, len(priority))).indices
+        return top[priority[top] > 0]
 
     def fit_models(self) -> dict[str, float]:
         data = self.dataset.arrays()
@@ -663,6 +698,11 @@ class MBMPO:
             log.record("real/episode_return", float(np.mean(self._recent_returns)))
         log.record_dict(model_stats)
         log.record_dict(meta_stats)
+        if self.dataset.priority is not None and c.focus_fraction > 0:
+            drops = self.dataset.arrays()["priority"]
+            focus = self._focus_rows(drops)
+            log.record("imagined/focus_rows", len(focus))
+            log.record("imagined/focus_min_drop", float(drops[focus].min()) if len(focus) else 0.0)
         # the state-independent std of theta: a shrinking std is how exploration dies out
         log.record("policy/std_mean", self.policy.std().mean().item())
         log.record("time/real_sampling_s", t1 - t0)

@@ -106,3 +106,39 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     if var_t.item() == 0:
         return float("nan")
     return float(1.0 - (target - pred).var(unbiased=False) / var_t)
+
+
+def reward_drop(rewards: Tensor, dones: Tensor, timesteps: Tensor, window: int) -> Tensor:
+    """How far the reward falls at each step of a real rollout.
+
+    ``drop_t = mean(r_{t-W} .. r_{t-1}) - mean(r_t .. r_{t+W-1})``, both windows cut to step t's
+    episode and to the given steps; 0 where no earlier step of t's episode is present, and
+    clamped at 0. High just before and during a lasting fall of the reward (a stumble into a
+    posture the policy never leaves), near 0 while the reward is steady or rising.
+
+    Args:
+        rewards, dones: ``[T, N]`` (``dones`` = terminated or truncated).
+        timesteps: ``[T, N]`` step index within the episode (0 at a reset).
+        window: W >= 1.
+
+    Returns:
+        ``[T, N]`` float64, >= 0.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    T = rewards.shape[0]
+    r = rewards.double()
+    csum = torch.cat([torch.zeros_like(r[:1]), r.cumsum(0)])  # csum[i] = r_0 + .. + r_{i-1}
+    t = torch.arange(T).unsqueeze(1).expand(r.shape).contiguous()
+    ep_start = (t - timesteps.long()).clamp(min=0)
+    ep_end = torch.empty_like(t)  # one past the episode's last step in these T steps
+    nxt = torch.full_like(t[0], T)
+    for i in range(T - 1, -1, -1):
+        nxt = torch.where(dones[i].bool(), torch.full_like(nxt, i + 1), nxt)
+        ep_end[i] = nxt
+    p0 = torch.maximum(t - window, ep_start)
+    f1 = torch.minimum(t + window, ep_end)
+    n_past = t - p0
+    past = (csum.gather(0, t) - csum.gather(0, p0)) / n_past.clamp(min=1)
+    future = (csum.gather(0, f1) - csum.gather(0, t)) / (f1 - t)
+    return torch.where(n_past > 0, past - future, torch.zeros_like(past)).clamp(min=0)

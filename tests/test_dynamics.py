@@ -281,3 +281,23 @@ def test_dataset_keys_stay_with_their_rows():
     assert torch.equal(other.arrays()["keys"], after["keys"])
     with pytest.raises(ValueError, match="no per-row keys"):
         other.load_state_dict(TransitionDataset(2, 1, capacity=5).state_dict())
+
+
+def test_dataset_priorities_stay_with_their_rows_and_default_to_zero():
+    ds = TransitionDataset(2, 1, capacity=3, priority=True)
+    for i in range(2):
+        ds.add(torch.full((2, 2), float(i)), torch.zeros(2, 1), torch.ones(2, 2), torch.full((2,), float(i)),
+               torch.zeros(2, dtype=torch.bool), priority=torch.tensor([10.0 * i, 10.0 * i + 1]))
+    assert ds.arrays()["priority"].tolist() == [1.0, 10.0, 11.0]  # the oldest row went
+    ds.add(torch.zeros(1, 2), torch.zeros(1, 1), torch.ones(1, 2), torch.zeros(1), torch.zeros(1, dtype=torch.bool))
+    assert ds.arrays()["priority"].tolist() == [10.0, 11.0, 0.0]
+    other = TransitionDataset(2, 1, capacity=3, priority=True)
+    other.load_state_dict(ds.state_dict())
+    assert torch.equal(other.arrays()["priority"], ds.arrays()["priority"])
+    old = TransitionDataset(2, 1, capacity=3)  # saved without priorities (an older run): zeros
+    old.add(torch.ones(2, 2), torch.zeros(2, 1), torch.ones(2, 2), torch.ones(2), torch.zeros(2, dtype=torch.bool))
+    other.load_state_dict(old.state_dict())
+    assert other.arrays()["priority"].tolist() == [0.0, 0.0]
+    plain = TransitionDataset(2, 1, capacity=3)
+    plain.load_state_dict(ds.state_dict())
+    assert "priority" not in plain.arrays()

@@ -138,6 +138,30 @@ def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
         H * s2["imagined/penalty"], rel=0.1)
 
 
+def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
+    algo = MBMPO(pm_config(focus_fraction=0.5, focus_quantile=0.01), out_dir=tmp_path, console=False)
+    algo.learn(180)  # warm-up + 1 iteration: 180 rows, each with the drop of its real rollout
+    data = algo.dataset.arrays()
+    assert data["priority"].shape == (180,) and bool((data["priority"] >= 0).all())
+    rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
+    assert int(rows[-1]["imagined/focus_rows"]) == len(algo._focus_rows(data["priority"])) <= 1
+    with torch.no_grad():  # one row stands out: half the starts, spread over the batch, are it
+        algo.dataset.priority.zero_()
+        algo.dataset.priority[7] = 3.0
+        algo.dataset.obs[7] = 123.0
+    starts = algo._init_fn(40, torch.Generator().manual_seed(0))
+    hits = (starts == 123.0).all(1)
+    assert int(hits.sum()) == 20 and 0 < int(hits[:20].sum()) < 20
+    algo.save(tmp_path / "ck.pt")
+    algo.close()
+    back = MBMPO.load(tmp_path / "ck.pt", console=False)
+    assert torch.equal(back.dataset.arrays()["priority"], algo.dataset.arrays()["priority"])
+    with torch.no_grad():
+        back.dataset.priority.zero_()  # no drop anywhere: no focus rows, every start uniform
+    assert len(back._focus_rows(back.dataset.arrays()["priority"])) == 0
+    assert int((back._init_fn(400, torch.Generator().manual_seed(0)) == 123.0).all(1).sum()) < 20
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(env_id="Pendulum-v1"), "no reward function registered for env id 'Pendulum-v1'"),
     (dict(env_id="CartPole-v1", learned_reward=True), "a 1-D Box is needed"),
@@ -151,6 +175,8 @@ def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
     (dict(model_uncertainty="max"), r"model_uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"),
     (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "model_uncertainty 'aleatoric' needs model_type 'probabilistic'"),
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
+    (dict(focus_fraction=1.5), r"focus_fraction must be in \[0, 1\], focus_quantile in \(0, 1\] and focus_window >= 1, got 1.5"),
+    (dict(focus_fraction=0.2, imagined_init="reset"), "focus_fraction 0.2 needs imagined_init 'dataset', got 'reset'"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -1,6 +1,12 @@
 import torch
 
-from mbmpo.returns import discount_cumsum, explained_variance, gae, normalize_advantages
+from mbmpo.returns import (
+    discount_cumsum,
+    explained_variance,
+    gae,
+    normalize_advantages,
+    reward_drop,
+)
 
 
 def test_discount_cumsum_matches_hand_computation():
@@ -52,3 +58,20 @@ def test_normalize_advantages_and_explained_variance():
     assert explained_variance(a, a) == 1.0
     assert abs(explained_variance(torch.zeros(4), a)) < 1e-6  # predicting zeros explains nothing
     assert explained_variance(-a, a) < -1  # anti-correlated predictions are worse than nothing
+
+
+def test_reward_drop_hand_computation_within_episodes():
+    # env 0: a fall from 4 to 0 at step 4 inside one episode; env 1: the same rewards, but a new
+    # episode starts at step 4 (done at step 3), so no step of it has an earlier step to compare.
+    r = torch.tensor([4.0, 4.0, 4.0, 4.0, 0.0, 0.0, 0.0, 0.0]).unsqueeze(1).repeat(1, 2)
+    dones = torch.zeros(8, 2, dtype=torch.bool)
+    dones[3, 1] = True
+    ts = torch.stack([torch.arange(8), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])], 1)
+    d = reward_drop(r, dones, ts, window=2)
+    # t=3: mean(r1, r2) - mean(r3, r4) = 4 - 2; t=4: 4 - 0; t=5: mean(r3, r4) - 0 = 2
+    assert d[:, 0].tolist() == [0, 0, 0, 2, 4, 2, 0, 0]
+    assert d[:, 1].tolist() == [0] * 8
+    # a rise is not a drop; an episode that began before these steps (timesteps > t) uses the steps given
+    assert reward_drop(r.flip(0), dones, ts, 2)[:, 0].tolist() == [0] * 8
+    late = reward_drop(r[3:6, :1], dones[3:6, :1], ts[3:6, :1] + 100, 3)
+    assert late[:, 0].tolist() == [0, 4, 2]  # t=1: 4 - mean(0, 0); t=2: mean(4, 0) - 0
