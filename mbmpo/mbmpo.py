@@ -57,6 +57,7 @@ from mbmpo.runner import (
     run_training,
 )
 from mbmpo.sampler import collect
+from mbmpo.td_value import fit_td_value, terminal_values
 from mbmpo.trpo import trpo_step
 from policies import GaussianMLPPolicy, LinearFeatureBaseline, MLPValue
 
@@ -149,6 +150,14 @@ class MBMPOConfig(BaseConfig):
     """Real steps on each side of a step for ``reward_drop``."""
     focus_quantile: float = 0.01
     """Share of the dataset's rows, by largest reward drop, that focused starts are drawn from."""
+    terminal_value: bool = False
+    """Bootstrap every imagined rollout that reaches the horizon: its last reward gains
+    ``gamma V(s_H)``, with V (an MLP of ``value_hidden_sizes``) fitted by TD(0) on the real
+    dataset after every model fit (:mod:`mbmpo.td_value`; model-based value expansion). Without
+    it, what follows the horizon counts 0, so a lasting failure within it costs at most H steps
+    of reward (BENCHMARKS.md 7.21)."""
+    terminal_value_epochs: int = 5
+    """TD(0) rounds (one Bellman backup and one pass over the dataset each) per model fit."""
     imagined_clip_obs: float = 1000.0
     """Predicted observations are clipped to +-this."""
     num_meta_steps: int = 30
@@ -213,7 +222,8 @@ class MBMPOConfig(BaseConfig):
         super().validate()
         _positive(self, "num_models", "meta_batch_size", "rollouts_per_task", "imagined_horizon",
                   "num_meta_steps", "num_inner_steps", "model_batch_size", "model_max_epochs",
-                  "dataset_capacity", "max_kl", "cg_iters", "max_backtracks", "outer_epochs")
+                  "dataset_capacity", "max_kl", "cg_iters", "max_backtracks", "outer_epochs",
+                  "terminal_value_epochs")
         if self.meta_batch_size % self.num_models:
             raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
                               f"num_models {self.num_models}")
@@ -317,6 +327,17 @@ class MBMPO:
                 torch.manual_seed(c.seed + 1)
                 self.value_fn = MLPValue(feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init)
             self.value_optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=1e-3)
+        self.terminal_value: MLPValue | None = None
+        self.terminal_value_optimizer: torch.optim.Optimizer | None = None
+        if c.terminal_value:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(c.seed + 2)
+                self.terminal_value = MLPValue(feat_dim, c.value_hidden_sizes, c.activation, c.ortho_init)
+            with torch.no_grad():  # V = 0 until fitted: early bootstraps add nothing, not noise
+                self.terminal_value.net[-1].weight.zero_()
+                self.terminal_value.net[-1].bias.zero_()
+            self.terminal_value_optimizer = torch.optim.Adam(self.terminal_value.parameters(), lr=1e-3)
+        self._last_terminal_value = 0.0
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
                                          num_keys=c.num_models if c.model_split == "persistent" else 0,
                                          priority=c.focus_fraction > 0)
@@ -479,7 +500,16 @@ class MBMPO:
         if self.config.normalize_obs:
             self.obs_rms.reset()
             self.obs_rms.update(data["obs"][:, self.num_position_dims :])
-        return res.log_dict()
+        stats = res.log_dict()
+        if self.terminal_value is not None and self.terminal_value_optimizer is not None:
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                stats.update(fit_td_value(self.terminal_value, self.terminal_value_optimizer,
+                                          self.features(data["obs"]), data["reward"], self.features(data["next_obs"]),
+                                          data["terminated"], self.config.gamma, self.config.terminal_value_epochs,
+                                          generator=self.generator))
+            stats["time/value_fit_s"] = time.perf_counter() - t0
+        return stats
 
     # ----- imagined data ----------------------------------------------------------------
     def _imagined_env(self) -> ImaginedEnv:
@@ -497,14 +527,24 @@ class MBMPO:
         r = c.rollouts_per_task
         trunc = roll.truncated.clone()
         trunc[-1] |= ~roll.terminated[-1]  # the rollout's end cuts the last episode
-        dones = roll.terminated | trunc
-        rets = discount_cumsum(roll.rewards.double(), c.gamma, dones)  # [H, N]
+        rewards, terminated = roll.rewards.double(), roll.terminated
+        if self.terminal_value is not None:
+            # the last reward carries gamma V(s_H); the baselines then see that step as final
+            boot = terminal_values(self.terminal_value, self.features(roll.next_obs[-1]), roll.terminated[-1], c.gamma)
+            self._last_terminal_value = float(boot.mean())
+            rewards = rewards.clone()
+            rewards[-1] += boot
+            terminated = terminated.clone()
+            terminated[-1] = True
+            trunc[-1] = False
+        dones = terminated | trunc
+        rets = discount_cumsum(rewards, c.gamma, dones)  # [H, N]
         feats = self.features(roll.obs)  # [H, N, D]
         next_feats = self.features(roll.next_obs)
         ts, next_ts = roll.timesteps, roll.timesteps + 1
         fit_values = self._linear_values if self.value_fn is None else self._mlp_values
         values, next_values = fit_values(feats, ts, next_feats, next_ts, rets)
-        adv, _ = gae(roll.rewards.double(), values, next_values, roll.terminated, trunc, c.gamma, c.gae_lambda)
+        adv, _ = gae(rewards, values, next_values, terminated, trunc, c.gamma, c.gae_lambda)
 
         def by_task(x: Tensor) -> Tensor:  # [H, N, ...] -> [T, r * H, ...]
             x = x.reshape(x.shape[0], t_tasks, r, *x.shape[2:]).transpose(0, 1)
@@ -595,6 +635,8 @@ class MBMPO:
                       "time/outer_step_s": t4 - t3})
         if c.model_penalty > 0:  # the imagined returns above are net of it
             stats["imagined/penalty"] = env.mean_penalty
+        if self.terminal_value is not None:  # not in the imagined returns above
+            stats["imagined/terminal_value"] = self._last_terminal_value
         return stats
 
     def _outer_surrogate_and_kl(self, pre: TaskBatch, post: TaskBatch):
@@ -753,6 +795,9 @@ class MBMPO:
             "inner_kl_coef": self.inner_kl_coef,
             "value_fn": self.value_fn.state_dict() if self.value_fn is not None else {},
             "value_optimizer": self.value_optimizer.state_dict() if self.value_optimizer else {},
+            "terminal_value": self.terminal_value.state_dict() if self.terminal_value is not None else {},
+            "terminal_value_optimizer": (self.terminal_value_optimizer.state_dict()
+                                         if self.terminal_value_optimizer else {}),
             "generator": self.generator.get_state(),
             "counters": counters(self),
         }
@@ -775,6 +820,9 @@ class MBMPO:
             if self.value_fn is not None and self.value_optimizer is not None:
                 self.value_fn.load_state_dict(state["value_fn"])
                 self.value_optimizer.load_state_dict(state["value_optimizer"])
+            if self.terminal_value is not None and self.terminal_value_optimizer is not None:
+                self.terminal_value.load_state_dict(state["terminal_value"])
+                self.terminal_value_optimizer.load_state_dict(state["terminal_value_optimizer"])
             self.generator.set_state(state["generator"])
             self.inner_kl_coef = float(state.get("inner_kl_coef", self.config.inner_kl_coef))
             cnt = state["counters"]

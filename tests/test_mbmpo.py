@@ -1,10 +1,12 @@
 import csv
+import dataclasses
 
 import pytest
 import torch
 
 from mbmpo import MBMPO, MBMPOConfig
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
+from mbmpo.sampler import collect
 
 
 def pm_config(**kw):
@@ -41,13 +43,14 @@ def test_seeded_runs_are_identical():
     assert torch.equal(a.dataset.arrays()["obs"], b.dataset.arrays()["obs"])
 
 
-@pytest.mark.parametrize("split,model_type", [("resample", "deterministic"), ("persistent", "deterministic"),
-                                              ("resample", "probabilistic")])
-def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type):
-    full = MBMPO(pm_config(model_split=split, model_type=model_type), console=False)
+@pytest.mark.parametrize("split,model_type,extra", [("resample", "deterministic", {}), ("persistent", "deterministic", {}),
+                                                    ("resample", "probabilistic", {}),
+                                                    ("resample", "deterministic", {"terminal_value": True})])
+def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type, extra):
+    full = MBMPO(pm_config(model_split=split, model_type=model_type, **extra), console=False)
     full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
     run = tmp_path / "run"
-    part = MBMPO(pm_config(model_split=split, model_type=model_type), out_dir=run, console=False)
+    part = MBMPO(pm_config(model_split=split, model_type=model_type, **extra), out_dir=run, console=False)
     part.learn(120)
     part.close()
     resumed = MBMPO.load(run, out_dir=run, console=False)
@@ -55,6 +58,9 @@ def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type):
     resumed.learn(180)
     assert torch.equal(flat(full), flat(resumed))
     assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
+    if extra:  # the terminal value is in the checkpoint
+        assert torch.equal(torch.cat([p.flatten() for p in full.terminal_value.parameters()]),
+                           torch.cat([p.flatten() for p in resumed.terminal_value.parameters()]))
     if split == "persistent":  # every row keeps the train/validation assignment it got when collected
         assert torch.equal(full.dataset.arrays()["keys"][:120], part.dataset.arrays()["keys"])
         assert full.dataset.arrays()["keys"].shape == (180, 2)
@@ -136,6 +142,32 @@ def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
     H = plain.config.imagined_horizon
     assert s3["imagined/pre_return"] - s2["imagined/pre_return"] == pytest.approx(
         H * s2["imagined/penalty"], rel=0.1)
+
+
+def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward(tmp_path):
+    algo = MBMPO(pm_config(terminal_value=True, terminal_value_epochs=3), out_dir=tmp_path, console=False)
+    algo.learn(180)
+    algo.close()
+    row = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))[-1]
+    assert float(row["value/td_loss"]) >= 0 and float(row["time/value_fit_s"]) > 0
+    # the point mass's reward is a negative distance: so is the mean value of the real states
+    assert float(row["value/mean"]) < 0 and float(row["imagined/terminal_value"]) != 0
+    roll = collect(algo._imagined_env(), algo._pre_policy_fn, algo.config.imagined_horizon)
+    fitted = algo._task_batch(roll)
+    # V = 2 everywhere: the batch is that of the same rollouts ending (terminated) with gamma * 2 more reward
+    gamma = algo.config.gamma
+    with torch.no_grad():
+        for p in algo.terminal_value.parameters():
+            p.zero_()
+        algo.terminal_value.net[-1].bias.fill_(2.0 * (1 - gamma))
+    const = algo._task_batch(roll)
+    algo.terminal_value = None
+    rewards, terminated = roll.rewards.clone(), roll.terminated.clone()
+    rewards[-1] += gamma * 2.0 * ~roll.terminated[-1]
+    terminated[-1] = True
+    by_hand = algo._task_batch(dataclasses.replace(roll, rewards=rewards, terminated=terminated))
+    assert torch.allclose(const.adv, by_hand.adv, atol=1e-5)
+    assert not torch.allclose(fitted.adv, algo._task_batch(roll).adv, atol=1e-3)
 
 
 def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):

@@ -1,0 +1,72 @@
+"""A state-value function fitted by TD(0) on real transitions, for bootstrapping imagined
+rollouts at their horizon (model-based value expansion: Feinberg et al. 2018; a terminal value
+on imagined paths as in Clavera et al. 2020, MAAC).
+
+An imagined rollout of H steps values what happens after step H at 0. Where the real task has
+a lasting failure (HalfCheetah stumbling into a posture it never leaves, BENCHMARKS.md 7.21), a
+fall within the horizon then costs at most H steps of reward, far less than the rest of a real
+episode, and the policy is not pushed to avoid it. V fitted on real data carries the real
+outcomes of states, falls included.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+
+def td_targets(net: nn.Module, rewards: Tensor, next_feats: Tensor, terminated: Tensor, gamma: float) -> Tensor:
+    """TD(0) targets in the scaled units of ``net``, which predicts ``(1 - gamma) V(s)``:
+    ``y = (1 - gamma) r + gamma (1 - terminated) net(s')``; ``[B]`` float32.
+
+    The scaling keeps the network's outputs near the size of one reward (a value of ~1 / (1 - gamma)
+    rewards would be ~100 times larger). A time-limit end is not ``terminated`` and bootstraps.
+    """
+    with torch.no_grad():
+        nv = net(next_feats.float())
+    return (1 - gamma) * rewards.float() + gamma * (~terminated.bool()).float() * nv
+
+
+def fit_td_value(net: nn.Module, optimizer: torch.optim.Optimizer, feats: Tensor, rewards: Tensor,
+                 next_feats: Tensor, terminated: Tensor, gamma: float, epochs: int,
+                 batch_size: int = 256, generator: torch.Generator | None = None) -> dict[str, float]:
+    """``epochs`` rounds of fitted value iteration on real transitions: each round computes TD(0)
+    targets with a frozen copy of ``net`` (one Bellman backup per round), then regresses ``net`` on
+    them for one pass of minibatches.
+
+    Args:
+        net: maps ``[B, D]`` features to ``[B]``, in units of ``(1 - gamma) V``.
+        feats, next_feats: ``[B, D]``; rewards ``[B]``; terminated ``[B]`` bool.
+
+    Returns:
+        ``value/td_loss`` (mean squared TD error of the last round, scaled units) and
+        ``value/mean`` (mean V over the data, in return units).
+    """
+    x = feats.float()
+    loss_sum, n = 0.0, 0
+    for _ in range(epochs):
+        frozen = copy.deepcopy(net)
+        y = td_targets(frozen, rewards, next_feats, terminated, gamma)
+        perm = torch.randperm(len(x), generator=generator)
+        loss_sum, n = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            loss = 0.5 * (net(x[idx]) - y[idx]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            n += len(idx)
+    with torch.no_grad():
+        mean_v = float(net(x).mean()) / (1 - gamma)
+    return {"value/td_loss": 2 * loss_sum / max(n, 1), "value/mean": mean_v}
+
+
+def terminal_values(net: nn.Module, next_feats: Tensor, terminated: Tensor, gamma: float) -> Tensor:
+    """What to add to the last imagined reward of each row: ``gamma V(s_H)``, 0 where the row's
+    last step terminated. ``next_feats`` ``[N, D]``, ``terminated`` ``[N]`` -> ``[N]`` float64."""
+    with torch.no_grad():
+        v = net(next_feats.float()).double() / (1 - gamma)
+    return gamma * v * (~terminated.bool()).double()
