@@ -150,14 +150,16 @@ class MBMPOConfig(BaseConfig):
     """Real steps on each side of a step for ``reward_drop``."""
     focus_quantile: float = 0.01
     """Share of the dataset's rows, by largest reward drop, that focused starts are drawn from."""
-    terminal_value: bool = False
+    terminal_value: str = "off"
     """Bootstrap every imagined rollout that reaches the horizon: its last reward gains
-    ``gamma V(s_H)``, with V (an MLP of ``value_hidden_sizes``) fitted by TD(0) on the real
-    dataset after every model fit (:mod:`mbmpo.td_value`; model-based value expansion). Without
-    it, what follows the horizon counts 0, so a lasting failure within it costs at most H steps
-    of reward (BENCHMARKS.md 7.21)."""
+    ``gamma V(s_H)``, with V an MLP (``value_hidden_sizes``) fitted by TD(0) (:mod:`mbmpo.td_value`;
+    model-based value expansion). 'real': on the real dataset after every model fit (the value
+    of the policies that collected it); 'imagined': on each meta-step's pre-update imagined
+    transitions (the value of theta in the models, penalty included). Without it ('off'), what
+    follows the horizon counts 0, so a lasting failure within it costs at most H steps of
+    reward (BENCHMARKS.md 7.21)."""
     terminal_value_epochs: int = 5
-    """TD(0) rounds (one Bellman backup and one pass over the dataset each) per model fit."""
+    """TD(0) rounds (one Bellman backup and one pass over the data each) per fit."""
     imagined_clip_obs: float = 1000.0
     """Predicted observations are clipped to +-this."""
     num_meta_steps: int = 30
@@ -228,6 +230,7 @@ class MBMPOConfig(BaseConfig):
             raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
                               f"num_models {self.num_models}")
         for name, allowed in (("outer", ("trpo", "ppo")), ("imagined_init", ("reset", "dataset")),
+                              ("terminal_value", ("off", "real", "imagined")),
                               ("model_split", ("resample", "persistent")),
                               ("model_type", ("deterministic", "probabilistic")),
                               ("collect_with", ("adapted", "pre_update")),
@@ -329,7 +332,7 @@ class MBMPO:
             self.value_optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=1e-3)
         self.terminal_value: MLPValue | None = None
         self.terminal_value_optimizer: torch.optim.Optimizer | None = None
-        if c.terminal_value:
+        if c.terminal_value != "off":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(c.seed + 2)
                 self.terminal_value = MLPValue(feat_dim, c.value_hidden_sizes, c.activation, c.ortho_init)
@@ -501,14 +504,21 @@ class MBMPO:
             self.obs_rms.reset()
             self.obs_rms.update(data["obs"][:, self.num_position_dims :])
         stats = res.log_dict()
-        if self.terminal_value is not None and self.terminal_value_optimizer is not None:
-            t0 = time.perf_counter()
-            with torch.enable_grad():
-                stats.update(fit_td_value(self.terminal_value, self.terminal_value_optimizer,
-                                          self.features(data["obs"]), data["reward"], self.features(data["next_obs"]),
-                                          data["terminated"], self.config.gamma, self.config.terminal_value_epochs,
-                                          generator=self.generator))
-            stats["time/value_fit_s"] = time.perf_counter() - t0
+        if self.config.terminal_value == "real":
+            stats.update(self._fit_terminal_value(data["obs"], data["reward"], data["next_obs"], data["terminated"]))
+        return stats
+
+    def _fit_terminal_value(self, obs: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict[str, float]:
+        """TD(0) fit of the terminal value on transitions ``[..., obs_dim]`` / ``[...]``."""
+        assert self.terminal_value is not None and self.terminal_value_optimizer is not None
+        t0 = time.perf_counter()
+        d = obs.shape[-1]
+        with torch.enable_grad():
+            stats = fit_td_value(self.terminal_value, self.terminal_value_optimizer,
+                                 self.features(obs.reshape(-1, d)), reward.reshape(-1),
+                                 self.features(next_obs.reshape(-1, d)), terminated.reshape(-1),
+                                 self.config.gamma, self.config.terminal_value_epochs, generator=self.generator)
+        stats["time/value_fit_s"] = time.perf_counter() - t0
         return stats
 
     # ----- imagined data ----------------------------------------------------------------
@@ -617,6 +627,9 @@ class MBMPO:
         t0 = time.perf_counter()
         with torch.no_grad():
             pre_roll = collect(env, self._pre_policy_fn, c.imagined_horizon)
+        value_stats = {}
+        if c.terminal_value == "imagined":
+            value_stats = self._fit_terminal_value(pre_roll.obs, pre_roll.rewards, pre_roll.next_obs, pre_roll.terminated)
         pre = self._task_batch(pre_roll)
         t1 = time.perf_counter()
         adapted = self._adapt_all(pre, create_graph=False)
@@ -637,6 +650,7 @@ class MBMPO:
             stats["imagined/penalty"] = env.mean_penalty
         if self.terminal_value is not None:  # not in the imagined returns above
             stats["imagined/terminal_value"] = self._last_terminal_value
+        stats.update(value_stats)
         return stats
 
     def _outer_surrogate_and_kl(self, pre: TaskBatch, post: TaskBatch):

@@ -45,7 +45,8 @@ def test_seeded_runs_are_identical():
 
 @pytest.mark.parametrize("split,model_type,extra", [("resample", "deterministic", {}), ("persistent", "deterministic", {}),
                                                     ("resample", "probabilistic", {}),
-                                                    ("resample", "deterministic", {"terminal_value": True})])
+                                                    ("resample", "deterministic", {"terminal_value": "real"}),
+                                                    ("resample", "deterministic", {"terminal_value": "imagined"})])
 def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type, extra):
     full = MBMPO(pm_config(model_split=split, model_type=model_type, **extra), console=False)
     full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
@@ -144,13 +145,14 @@ def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
         H * s2["imagined/penalty"], rel=0.1)
 
 
-def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward(tmp_path):
-    algo = MBMPO(pm_config(terminal_value=True, terminal_value_epochs=3), out_dir=tmp_path, console=False)
+@pytest.mark.parametrize("data", ["real", "imagined"])
+def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward(tmp_path, data):
+    algo = MBMPO(pm_config(terminal_value=data, terminal_value_epochs=3), out_dir=tmp_path, console=False)
     algo.learn(180)
     algo.close()
     row = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))[-1]
     assert float(row["value/td_loss"]) >= 0 and float(row["time/value_fit_s"]) > 0
-    # the point mass's reward is a negative distance: so is the mean value of the real states
+    # the point mass's reward is a negative distance: so is the mean value of the states fitted on
     assert float(row["value/mean"]) < 0 and float(row["imagined/terminal_value"]) != 0
     roll = collect(algo._imagined_env(), algo._pre_policy_fn, algo.config.imagined_horizon)
     fitted = algo._task_batch(roll)
@@ -209,6 +211,7 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
     (dict(focus_fraction=1.5), r"focus_fraction must be in \[0, 1\], focus_quantile in \(0, 1\] and focus_window >= 1, got 1.5"),
     (dict(focus_fraction=0.2, imagined_init="reset"), "focus_fraction 0.2 needs imagined_init 'dataset', got 'reset'"),
+    (dict(terminal_value="yes"), r"terminal_value 'yes' is not allowed; use one of \['off', 'real', 'imagined'\]"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):
