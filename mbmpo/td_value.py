@@ -1,12 +1,13 @@
-"""A state-value function fitted by TD(0) on real transitions, for bootstrapping imagined
+"""A state-value function fitted by TD(0) on transitions, for bootstrapping imagined
 rollouts at their horizon (model-based value expansion: Feinberg et al. 2018; a terminal value
 on imagined paths as in Clavera et al. 2020, MAAC).
 
 An imagined rollout of H steps values what happens after step H at 0. Where the real task has
 a lasting failure (HalfCheetah stumbling into a posture it never leaves, BENCHMARKS.md 7.21), a
 fall within the horizon then costs at most H steps of reward, far less than the rest of a real
-episode, and the policy is not pushed to avoid it. V fitted on real data carries the real
-outcomes of states, falls included.
+episode, and the policy is not pushed to avoid it. MB-MPO fits V either on the real dataset or
+on imagined transitions of theta (``MBMPOConfig.terminal_value``); on HalfCheetah only the
+imagined fit helped (BENCHMARKS.md 7.21).
 """
 
 from __future__ import annotations
