@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from mbmpo_fall_hazard import continuation, recorded_episode  # noqa: E402
 
 from mbmpo import MBMPO  # noqa: E402
 
@@ -35,30 +36,20 @@ def main() -> None:
     torch.set_num_threads(1)
     algo = MBMPO.load(args.run_dir, console=False)
     env = gym.make(algo.config.env_id, **algo.env_kwargs)
-    sim = env.unwrapped
-    o, _ = env.reset(seed=args.seed)
-    for _ in range(args.steps_in):
-        o, *_ = env.step(algo.predict(o, deterministic=True))
-    saved = (sim.data.qpos.copy(), sim.data.qvel.copy())
+    states, _ = recorded_episode(algo, env, args.seed, args.steps_in + 1)
+    saved = states[-1]  # after steps_in steps
+    env.reset(seed=args.seed)
+    env.unwrapped.set_state(*saved)
+    o = env.unwrapped._get_obs()
     # with exclude_current_positions_from_observation=False: obs[1] is the height, obs[2] the pitch
     print(f"saved state: height {o[1]:.2f}, pitch {o[2]:.2f} rad")
     rng = np.random.default_rng(0)
-    for mode in [f"noise {s}" for s in args.noise] + ["random"]:
-        outs = []
-        for _ in range(1 if mode == "noise 0.0" else args.trials):
-            env.reset(seed=args.seed)
-            sim.set_state(*saved)
-            ob, rs = sim._get_obs(), []
-            for _ in range(300):
-                if mode == "random":
-                    a = rng.uniform(env.action_space.low, env.action_space.high)
-                else:
-                    a = algo.predict(ob, deterministic=True) + rng.normal(0.0, float(mode.split()[1]), env.action_space.shape)
-                    a = np.clip(a, env.action_space.low, env.action_space.high)
-                ob, r, *_ = env.step(a)
-                rs.append(float(r))
-            outs.append(round(float(np.mean(rs[-100:])), 2))
-        print(mode, "reward per step over the last 100 of 300 steps:", outs)
+    for noise in [*args.noise, None]:  # None: uniformly random actions
+        trials = 1 if noise == 0 else args.trials
+        outs = [round(float(continuation(algo, env, args.seed, saved, 300, noise or 0.0, rng,
+                                         random_actions=noise is None)[0][-100:].mean()), 2)
+                for _ in range(trials)]
+        print("random" if noise is None else f"noise {noise}", "reward per step over the last 100 of 300 steps:", outs)
     env.close()
     algo.close()
 

@@ -32,6 +32,47 @@ import torch  # noqa: E402
 
 from mbmpo import MBMPO  # noqa: E402
 
+State = tuple[np.ndarray, np.ndarray]  # MuJoCo (qpos, qvel)
+
+
+def recorded_episode(algo: MBMPO, env: gym.Env, seed: int, max_steps: int | None = None
+                     ) -> tuple[list[State], np.ndarray]:
+    """A deterministic episode of θ (at most ``max_steps``): the simulator state before each
+    step, and the rewards ``[T]``."""
+    sim = env.unwrapped
+    o, _ = env.reset(seed=seed)
+    states, rews = [], []
+    while max_steps is None or len(rews) < max_steps:
+        states.append((sim.data.qpos.copy(), sim.data.qvel.copy()))
+        o, r, term, trunc, _ = env.step(algo.predict(o, deterministic=True))
+        rews.append(float(r))
+        if term or trunc:
+            break
+    return states, np.asarray(rews)
+
+
+def continuation(algo: MBMPO, env: gym.Env, seed: int, state: State, steps: int, noise: float,
+                 rng: np.random.Generator, random_actions: bool = False) -> tuple[np.ndarray, bool]:
+    """From ``state``, ``steps`` real steps of θ's mean action plus Gaussian noise of std
+    ``noise`` (or uniformly random actions): the rewards, and whether the env terminated."""
+    sim = env.unwrapped
+    env.reset(seed=seed)
+    sim.set_state(*state)
+    ob, rews, term = sim._get_obs(), [], False
+    low, high = env.action_space.low, env.action_space.high
+    for _ in range(steps):
+        if random_actions:
+            a = rng.uniform(low, high)
+        else:
+            a = algo.predict(ob, deterministic=True)
+            if noise > 0:
+                a = np.clip(a + rng.normal(0.0, noise, a.shape), low, high)
+        ob, r, term, _, _ = env.step(a)
+        rews.append(float(r))
+        if term:
+            break
+    return np.asarray(rews), bool(term)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,17 +89,7 @@ def main() -> None:
     torch.set_num_threads(1)
     algo = MBMPO.load(args.run_dir, console=False)
     env = gym.make(algo.config.env_id, **algo.env_kwargs)
-    sim = env.unwrapped
-
-    o, _ = env.reset(seed=args.seed)
-    states, rews = [], []
-    while True:
-        states.append((sim.data.qpos.copy(), sim.data.qvel.copy()))
-        o, r, term, trunc, _ = env.step(algo.predict(o, deterministic=True))
-        rews.append(float(r))
-        if term or trunc:
-            break
-    rews = np.asarray(rews)
+    states, rews = recorded_episode(algo, env, args.seed)
     window = np.convolve(rews, np.ones(20) / 20, "valid")  # window[t] = mean of rews[t:t+20]
     low = np.nonzero(window[args.min_step:] < args.collapsed)[0]
     summary = {"run": args.run_dir, "seed": args.seed, "episode_return": float(rews.sum()),
@@ -77,19 +108,8 @@ def main() -> None:
                 continue
             falls = 0
             for _ in range(trials):
-                env.reset(seed=args.seed)
-                sim.set_state(*states[t0])
-                ob = sim._get_obs()
-                tail = []
-                for _ in range(args.steps):
-                    a = algo.predict(ob, deterministic=True)
-                    if sigma > 0:
-                        a = np.clip(a + rng.normal(0.0, sigma, a.shape), env.action_space.low, env.action_space.high)
-                    ob, r, term, _, _ = env.step(a)
-                    tail.append(float(r))
-                    if term:
-                        break
-                falls += bool(term) or float(np.mean(tail[-30:])) < args.collapsed
+                tail, term = continuation(algo, env, args.seed, states[t0], args.steps, sigma, rng)
+                falls += term or float(np.mean(tail[-30:])) < args.collapsed
             summary["rows"].append({"noise": sigma, "steps_before_fall": b, "trials": trials, "falls": falls})
     print(json.dumps(summary))
     out = Path(args.out)

@@ -279,6 +279,7 @@ class TaskBatch:
     adv: Tensor
     dist: Any  # sampling distribution, tensors [T, B, act_dim]
     mean_return: float
+    terminal_value: float = 0.0  # mean gamma V(s_H) added to the last rewards (0 without one)
 
 
 class MBMPO:
@@ -340,7 +341,6 @@ class MBMPO:
                 self.terminal_value.net[-1].weight.zero_()
                 self.terminal_value.net[-1].bias.zero_()
             self.terminal_value_optimizer = torch.optim.Adam(self.terminal_value.parameters(), lr=1e-3)
-        self._last_terminal_value = 0.0
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
                                          num_keys=c.num_models if c.model_split == "persistent" else 0,
                                          priority=c.focus_fraction > 0)
@@ -538,10 +538,11 @@ class MBMPO:
         trunc = roll.truncated.clone()
         trunc[-1] |= ~roll.terminated[-1]  # the rollout's end cuts the last episode
         rewards, terminated = roll.rewards.double(), roll.terminated
+        boot_mean = 0.0
         if self.terminal_value is not None:
             # the last reward carries gamma V(s_H); the baselines then see that step as final
             boot = terminal_values(self.terminal_value, self.features(roll.next_obs[-1]), roll.terminated[-1], c.gamma)
-            self._last_terminal_value = float(boot.mean())
+            boot_mean = float(boot.mean())
             rewards = rewards.clone()
             rewards[-1] += boot
             terminated = terminated.clone()
@@ -565,7 +566,7 @@ class MBMPO:
             adv_t = (adv_t - adv_t.mean(1, keepdim=True)) / (adv_t.std(1, keepdim=True) + 1e-8)
         ep_ret = float(np.mean(roll.episode_returns)) if roll.episode_returns else float("nan")
         return TaskBatch(by_task(feats), by_task(roll.actions), by_task(roll.extras["log_prob"]), adv_t,
-                         None, ep_ret)
+                         None, ep_ret, boot_mean)
 
     def _linear_values(self, feats: Tensor, ts: Tensor, next_feats: Tensor, next_ts: Tensor,
                        rets: Tensor) -> tuple[Tensor, Tensor]:
@@ -649,7 +650,7 @@ class MBMPO:
         if c.model_penalty > 0:  # the imagined returns above are net of it
             stats["imagined/penalty"] = env.mean_penalty
         if self.terminal_value is not None:  # not in the imagined returns above
-            stats["imagined/terminal_value"] = self._last_terminal_value
+            stats["imagined/terminal_value"] = post.terminal_value
         stats.update(value_stats)
         return stats
 
