@@ -834,12 +834,12 @@ def _random_returns(d: Path, envs: set[str], settings: ReportSettings) -> dict[s
     return {e: float(v) for e, v in known.items()}
 
 
-EXPORT_FILES = ("progress.csv", "config.yaml", "imported.yaml")
+EXPORT_FILES = ("progress.csv", "config.yaml", "environment.yaml", "imported.yaml")
 
 
 def export_comparison(src: str | Path, dest: str | Path, warn: Warn | None = None) -> Summary:
-    """Copy the lean part of a comparison (settings, presets, every run's progress.csv and
-    config; no checkpoints, TensorBoard or logs) to ``dest`` and write its report there.
+    """Copy the lean part of a comparison (settings, presets, every run's progress.csv,
+    config and environment record; no checkpoints, TensorBoard or logs) to ``dest`` and write its report there.
     ``dest`` is itself a comparison directory (``plot.py dest`` reproduces the report)."""
     src, dest = Path(src), Path(dest)
     if not (src / "runs").is_dir():

@@ -3,11 +3,16 @@ logging setup, evaluation schedule and loading from checkpoints."""
 
 from __future__ import annotations
 
+import datetime
+import platform
+import subprocess
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from mbmpo.checkpoint import load_checkpoint
 from mbmpo.config import config_from_dict, save_config
@@ -20,8 +25,8 @@ def run_training(algo: Any, total_steps: int | None, console_keys: list[str]) ->
 
     ``algo`` provides ``config``, ``out_dir``, ``console``, ``logger``, ``num_timesteps``,
     ``algo_name`` and ``_iterate``. The first call creates the logger, writes
-    ``config.yaml`` and drops ``progress.csv`` rows past the restored step (a resumed run
-    repeats them).
+    ``config.yaml``, adds this start to ``environment.yaml`` and drops ``progress.csv`` rows
+    past the restored step (a resumed run repeats them).
     """
     total = int(total_steps if total_steps is not None else algo.config.total_steps)
     if total <= 0:
@@ -31,6 +36,7 @@ def run_training(algo: Any, total_steps: int | None, console_keys: list[str]) ->
         algo.logger = Logger(algo.out_dir, console=algo.console, console_keys=console_keys)
         if algo.out_dir is not None:
             save_config(algo.config, Path(algo.out_dir) / "config.yaml", algo.algo_name)
+            record_environment(Path(algo.out_dir) / "environment.yaml", algo.num_timesteps)
             algo.logger.truncate_after(algo.num_timesteps)
     bar = algo.logger.progress(total, algo.num_timesteps, desc=f"{algo.algo_name} {algo.config.env_id}")
     try:
@@ -38,6 +44,62 @@ def run_training(algo: Any, total_steps: int | None, console_keys: list[str]) ->
             algo._iterate(bar)
     finally:
         bar.close()
+
+
+ENV_PACKAGES = ("torch", "numpy", "scipy", "gymnasium", "mujoco", "minigrid", "ray")
+
+
+def environment_info() -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: package versions, CPU, threads and
+    the source commit. Floating-point results can differ across CPUs and library versions, so a
+    seeded run need not repeat exactly where these differ."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    packages = {}
+    for name in ENV_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "packages": packages, "git": _git_describe()}
+
+
+def _git_describe() -> str | None:
+    """``<commit>`` of the source tree, ``+dirty`` when it has uncommitted changes; None
+    outside a git checkout (an installed package)."""
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def record_environment(path: Path, start_step: int) -> None:
+    """Append this start (fresh or resumed at ``start_step``) and :func:`environment_info`
+    to the list in ``path``; a resumed run keeps the entries of its earlier starts."""
+    entries: list[Any] = []
+    if path.is_file():
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            loaded = None
+        entries = loaded if isinstance(loaded, list) else []
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    entries.append({"start_step": int(start_step), "started_utc": now, **environment_info()})
+    path.write_text(yaml.safe_dump(entries, sort_keys=False))
 
 
 def evaluation_due(algo: Any) -> bool:

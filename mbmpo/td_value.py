@@ -33,7 +33,7 @@ def td_targets(net: nn.Module, rewards: Tensor, next_feats: Tensor, terminated: 
 def fit_td_value(net: nn.Module, optimizer: torch.optim.Optimizer, feats: Tensor, rewards: Tensor,
                  next_feats: Tensor, terminated: Tensor, gamma: float, epochs: int,
                  batch_size: int = 256, generator: torch.Generator | None = None) -> dict[str, float]:
-    """``epochs`` rounds of fitted value iteration on real transitions: each round computes TD(0)
+    """``epochs`` rounds of fitted value iteration on transitions (real or imagined): each round computes TD(0)
     targets with a frozen copy of ``net`` (one Bellman backup per round), then regresses ``net`` on
     them for one pass of minibatches.
 

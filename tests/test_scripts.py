@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium
+import torch
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-steps", "64", "--minibatch-size", "32", "--update-epochs", "1", "--hidden-sizes", "16",
         "--value-hidden-sizes", "16", "--eval-episodes", "2", "--eval-every", "64"]
@@ -35,6 +39,11 @@ def test_train_resume_evaluate_plot(tmp_path):
     run("scripts/train.py", "--resume", str(out), "--total-steps", "256")
     rows = (out / "progress.csv").read_text().splitlines()
     assert [r.split(",")[header.index("real_steps")] for r in rows[1:]] == ["64", "128", "192", "256"]
+    # one environment record per start, the resumed one at the restored step
+    starts = yaml.safe_load((out / "environment.yaml").read_text())
+    assert [e["start_step"] for e in starts] == [0, 128]
+    assert starts[1]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert starts[1]["packages"]["gymnasium"] == gymnasium.__version__ and starts[1]["torch_threads"] >= 1
     proc = run("scripts/evaluate.py", str(out / "checkpoints" / "last.pt"), "--episodes", "2")
     assert "return" in proc.stdout and "±" in proc.stdout
     png = tmp_path / "c.png"
