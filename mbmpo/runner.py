@@ -74,17 +74,20 @@ def environment_info() -> dict[str, Any]:
 
 def _git_describe() -> str | None:
     """``<commit>`` of the source tree, ``+dirty`` when it has uncommitted changes; None
-    outside a git checkout (an installed package)."""
+    outside this project's own checkout (an installed package, even one that lies inside some
+    other repository, e.g. a virtualenv in a user's project)."""
     src = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=src, capture_output=True,
+                              text=True, timeout=10)
+        lines = head.stdout.split()
+        if head.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != src.parent:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+dirty" if dirty else "")
+    return lines[1] + ("+dirty" if dirty else "")
 
 
 def record_environment(path: Path, start_step: int) -> None:
