@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import platform
 import subprocess
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -99,7 +100,10 @@ def record_environment(path: Path, start_step: int) -> None:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError:
             loaded = None
-        entries = loaded if isinstance(loaded, list) else []
+        if isinstance(loaded, list):
+            entries = loaded
+        else:  # a damaged record must not stop the run, but its loss should not pass unseen
+            warnings.warn(f"{path} is not a list of starts; it is rewritten with this start only", stacklevel=2)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     entries.append({"start_step": int(start_step), "started_utc": now, **environment_info()})
     path.write_text(yaml.safe_dump(entries, sort_keys=False))

@@ -3,14 +3,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from mbmpo import DPPOConfig, GorilaConfig, MBMPOConfig, PPOConfig, TRPOConfig
 from mbmpo.checkpoint import load_checkpoint, save_checkpoint
 from mbmpo.config import config_from_dict, load_config
 from mbmpo.errors import CheckpointError, ConfigError
 from mbmpo.logger import Logger
+from mbmpo.runner import record_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
@@ -118,3 +121,16 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an mbmpo checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_environment_record_appends_starts_and_warns_on_a_damaged_file(tmp_path):
+    f = tmp_path / "environment.yaml"
+    record_environment(f, 0)
+    record_environment(f, 300)
+    starts = yaml.safe_load(f.read_text())
+    assert [e["start_step"] for e in starts] == [0, 300]
+    assert starts[0]["packages"]["numpy"] == np.__version__ and starts[0]["python"].count(".") == 2
+    f.write_text("a: [")
+    with pytest.warns(UserWarning, match="not a list of starts"):
+        record_environment(f, 600)
+    assert [e["start_step"] for e in yaml.safe_load(f.read_text())] == [600]
