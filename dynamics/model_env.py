@@ -41,6 +41,8 @@ class ImaginedEnv:
             Yu et al. 2020), which discourages the policy from exploiting states and
             actions where the models are unreliable; 0 = off (one model pass per row, not K).
         uncertainty: the kind of ``u`` (see :meth:`DynamicsEnsemble.predict_with_uncertainty`).
+        state_cost: optional ``[N, obs_dim] -> [N]`` cost of reaching each predicted state,
+            subtracted from its reward (e.g. MB-MPO's fall-hazard cost).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ImaginedEnv:
         sample: bool = True,
         penalty_coef: float = 0.0,
         uncertainty: str = "disagreement",
+        state_cost: Callable[[Tensor], Tensor] | None = None,
     ):
         if reward_fn is None and not ensemble.reward_head:
             raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
@@ -83,6 +86,8 @@ class ImaginedEnv:
         self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
         self.penalty_coef, self.uncertainty = penalty_coef, uncertainty
         self.penalty_sum, self.penalty_steps = 0.0, 0
+        self.state_cost = state_cost
+        self.cost_sum, self.cost_steps = 0.0, 0
 
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
@@ -123,6 +128,11 @@ class ImaginedEnv:
             rew = rew - penalty
             self.penalty_sum += float(penalty.sum())
             self.penalty_steps += self.num_envs
+        if self.state_cost is not None:
+            cost = self.state_cost(next_obs).to(rew)
+            rew = rew - cost
+            self.cost_sum += float(cost.sum())
+            self.cost_steps += self.num_envs
         self._t += 1
         self._ret += rew.double()
         trunc = (self._t >= self.horizon) & ~term
@@ -142,6 +152,11 @@ class ImaginedEnv:
     def mean_penalty(self) -> float:
         """Mean reward penalty ``lambda * u`` per imagined step so far (0 when off)."""
         return self.penalty_sum / max(self.penalty_steps, 1)
+
+    @property
+    def mean_state_cost(self) -> float:
+        """Mean ``state_cost`` per imagined step so far (0 without one)."""
+        return self.cost_sum / max(self.cost_steps, 1)
 
     def close(self) -> None:
         pass

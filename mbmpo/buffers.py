@@ -97,14 +97,14 @@ class TransitionDataset:
     ``load_state_dict`` put the data in checkpoints so a resumed run loses none of it.
     ``num_keys > 0`` gives every row ``num_keys`` uniform keys in [0, 1), drawn when the
     row is added and kept with it (``arrays()["keys"]`` ``[size, num_keys]``): a split of
-    the rows that stays the same from one use of the data to the next. ``priority=True`` keeps
-    one float per row (``arrays()["priority"]`` ``[size]``, 0 unless given to ``add``), e.g. how
-    much to favour the row as a start state.
+    the rows that stays the same from one use of the data to the next. ``columns`` maps
+    names to fill values: each name keeps one float per row (``arrays()[name]`` ``[size]``, the
+    fill value unless given to ``add``), e.g. how much to favour the row as a start state.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int = 100_000,
                  dtype: torch.dtype = torch.float64, act_dtype: torch.dtype = torch.float32,
-                 num_keys: int = 0, priority: bool = False):
+                 num_keys: int = 0, columns: dict[str, float] | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -114,7 +114,8 @@ class TransitionDataset:
         self.reward = torch.zeros(capacity, dtype=dtype)
         self.terminated = torch.zeros(capacity, dtype=torch.bool)
         self.keys = torch.zeros(capacity, num_keys) if num_keys > 0 else None
-        self.priority = torch.zeros(capacity, dtype=torch.float64) if priority else None
+        self.fills = dict(columns or {})
+        self.columns = {n: torch.full((capacity,), f, dtype=torch.float64) for n, f in self.fills.items()}
         self.ptr = 0
         self.size = 0
 
@@ -123,12 +124,12 @@ class TransitionDataset:
 
     def add(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor,
             generator: torch.Generator | None = None, keys: Tensor | None = None,
-            priority: Tensor | None = None) -> None:
+            columns: dict[str, Tensor | None] | None = None) -> None:
         """Append ``[B, ...]`` transitions (any leading dims are flattened).
 
         With ``num_keys > 0`` the new rows get ``keys`` ``[B, num_keys]`` when given (a
-        restored checkpoint), else fresh uniform draws from ``generator``. With a priority
-        column they get ``priority`` ``[B]`` when given, else 0.
+        restored checkpoint), else fresh uniform draws from ``generator``. Each named column gets
+        ``columns[name]`` ``[B]`` when given, else its fill value.
         """
         cols = [obs.reshape(-1, self.obs.shape[1]), act.reshape(-1, self.act.shape[1]),
                 next_obs.reshape(-1, self.obs.shape[1]), reward.reshape(-1), terminated.reshape(-1)]
@@ -138,9 +139,11 @@ class TransitionDataset:
                 keys = torch.rand(cols[0].shape[0], self.keys.shape[1], generator=generator)
             cols.append(keys)
             stores.append(self.keys)
-        if self.priority is not None:
-            cols.append(torch.zeros(cols[0].shape[0]) if priority is None else priority.reshape(-1))
-            stores.append(self.priority)
+        given = columns or {}
+        for name, store in self.columns.items():
+            v = given.get(name)
+            cols.append(torch.full((cols[0].shape[0],), self.fills[name]) if v is None else v.reshape(-1))
+            stores.append(store)
         b = cols[0].shape[0]
         if b > self.capacity:
             cols = [c[-self.capacity :] for c in cols]
@@ -158,8 +161,7 @@ class TransitionDataset:
                "reward": self.reward[idx], "terminated": self.terminated[idx]}
         if self.keys is not None:
             out["keys"] = self.keys[idx]
-        if self.priority is not None:
-            out["priority"] = self.priority[idx]
+        out.update({name: store[idx] for name, store in self.columns.items()})
         return out
 
     def state_dict(self) -> dict[str, Tensor | int]:
@@ -172,10 +174,10 @@ class TransitionDataset:
         if self.keys is not None and "keys" not in state:
             raise ValueError("dataset has no per-row keys (saved without a persistent split)")
         self.ptr = self.size = 0
-        # a checkpoint saved without priorities (older runs) restores them as 0
+        # a column missing from the checkpoint (an older run) restores as its fill value
         self.add(state["obs"], state["act"], state["next_obs"], state["reward"], state["terminated"],
                  keys=state.get("keys") if self.keys is not None else None,
-                 priority=state.get("priority") if self.priority is not None else None)
+                 columns={name: state.get(name) for name in self.columns})
 
 
 class ReplayBuffer(TransitionDataset):

@@ -45,7 +45,7 @@ from mbmpo.meta import (
 )
 from mbmpo.normalization import RunningMeanStd
 from mbmpo.on_policy import resolve_device
-from mbmpo.returns import discount_cumsum, gae, reward_drop
+from mbmpo.returns import discount_cumsum, fall_ahead, gae, reward_drop
 from mbmpo.runner import (
     counters,
     end_iteration,
@@ -57,6 +57,7 @@ from mbmpo.runner import (
     run_training,
 )
 from mbmpo.sampler import collect
+from mbmpo.hazard import fit_hazard, hazard_cost
 from mbmpo.td_value import fit_td_value, terminal_values
 from mbmpo.trpo import trpo_step
 from policies import GaussianMLPPolicy, LinearFeatureBaseline, MLPValue
@@ -160,6 +161,26 @@ class MBMPOConfig(BaseConfig):
     reward (BENCHMARKS.md 7.21)."""
     terminal_value_epochs: int = 5
     """TD(0) rounds (one Bellman backup and one pass over the data each) per fit."""
+    fall_penalty: float = 0.0
+    """c of a fall-hazard cost on imagined rewards, ``r - c p(s')`` (0 = off): ``p`` is a classifier
+    (:mod:`mbmpo.hazard`, an MLP of ``value_hidden_sizes``) of whether a fall of the real reward
+    starts within the next ``fall_horizon`` real steps, fitted on the real dataset after every model
+    fit. The models miss how often the gait falls (BENCHMARKS.md 7.21); the classifier learns it from
+    the real episodes. About (value lost in a fall) / ``fall_horizon`` makes the cost the expected
+    loss per step."""
+    fall_horizon: int = 50
+    """N: real steps ahead that a fall counts for the hazard label."""
+    fall_window: int = 100
+    """W of :func:`mbmpo.returns.fall_ahead`: a fall starts where the mean reward over the next W
+    steps is at least ``fall_min_drop`` below the mean over the W steps before. A long window
+    counts lasting falls, not stumbles that recover: on the last 100k real rows of the two 200k
+    runs of BENCHMARKS.md 7.22, W = 100 labels 5.8% of rows of the steady seed and 14.8% of the
+    collapsing one; W = 25 labels 11.4% and 9.2%."""
+    fall_min_drop: float = 2.0
+    """Reward drop per step that counts as a fall (HalfCheetah runs at 4-6 per step and a collapsed
+    cheetah earns about 0)."""
+    fall_epochs: int = 3
+    """Passes over the real dataset per fit of the hazard classifier."""
     imagined_clip_obs: float = 1000.0
     """Predicted observations are clipped to +-this."""
     num_meta_steps: int = 30
@@ -225,7 +246,7 @@ class MBMPOConfig(BaseConfig):
         _positive(self, "num_models", "meta_batch_size", "rollouts_per_task", "imagined_horizon",
                   "num_meta_steps", "num_inner_steps", "model_batch_size", "model_max_epochs",
                   "dataset_capacity", "max_kl", "cg_iters", "max_backtracks", "outer_epochs",
-                  "terminal_value_epochs")
+                  "terminal_value_epochs", "fall_horizon", "fall_window", "fall_epochs")
         if self.meta_batch_size % self.num_models:
             raise ConfigError(f"meta_batch_size {self.meta_batch_size} is not divisible by "
                               f"num_models {self.num_models}")
@@ -247,6 +268,9 @@ class MBMPOConfig(BaseConfig):
         if not 0 <= self.focus_fraction <= 1 or not 0 < self.focus_quantile <= 1 or self.focus_window < 1:
             raise ConfigError(f"focus_fraction must be in [0, 1], focus_quantile in (0, 1] and focus_window "
                               f">= 1, got {self.focus_fraction}, {self.focus_quantile}, {self.focus_window}")
+        if not (self.fall_penalty >= 0 and math.isfinite(self.fall_penalty)) or not self.fall_min_drop > 0:
+            raise ConfigError(f"fall_penalty must be a finite number >= 0 (0 = off) and fall_min_drop > 0, "
+                              f"got {self.fall_penalty}, {self.fall_min_drop}")
         if self.focus_fraction > 0 and self.imagined_init != "dataset":
             raise ConfigError(f"focus_fraction {self.focus_fraction} needs imagined_init 'dataset', "
                               f"got {self.imagined_init!r}")
@@ -341,9 +365,19 @@ class MBMPO:
                 self.terminal_value.net[-1].weight.zero_()
                 self.terminal_value.net[-1].bias.zero_()
             self.terminal_value_optimizer = torch.optim.Adam(self.terminal_value.parameters(), lr=1e-3)
+        self.hazard: MLPValue | None = None
+        self.hazard_optimizer: torch.optim.Optimizer | None = None
+        if c.fall_penalty > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(c.seed + 3)
+                self.hazard = MLPValue(feat_dim, c.value_hidden_sizes, c.activation, c.ortho_init)
+            self.hazard_optimizer = torch.optim.Adam(self.hazard.parameters(), lr=1e-3)
+        columns = {"priority": 0.0} if c.focus_fraction > 0 else {}
+        if self.hazard is not None:
+            columns["fall_ahead"] = float("nan")  # unknown until labelled
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
                                          num_keys=c.num_models if c.model_split == "persistent" else 0,
-                                         priority=c.focus_fraction > 0)
+                                         columns=columns)
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.fit_config = FitConfig(
@@ -464,10 +498,14 @@ class MBMPO:
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
         # the models learn from the action the env applied (imagined steps clip the same way)
         applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
-        drop = (reward_drop(roll.rewards, roll.dones, roll.timesteps, c.focus_window)
-                if self.dataset.priority is not None else None)
+        columns = {}
+        if "priority" in self.dataset.columns:
+            columns["priority"] = reward_drop(roll.rewards, roll.dones, roll.timesteps, c.focus_window)
+        if "fall_ahead" in self.dataset.columns:
+            columns["fall_ahead"] = fall_ahead(roll.rewards, roll.dones, roll.timesteps, c.fall_window,
+                                               c.fall_min_drop, c.fall_horizon)
         self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator,
-                         priority=drop)
+                         columns=columns)
         starts = roll.obs[roll.timesteps == 0]
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]
         return roll
@@ -506,6 +544,12 @@ class MBMPO:
         stats = res.log_dict()
         if self.config.terminal_value == "real":
             stats.update(self._fit_terminal_value(data["obs"], data["reward"], data["next_obs"], data["terminated"]))
+        if self.hazard is not None and self.hazard_optimizer is not None:
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                stats.update(fit_hazard(self.hazard, self.hazard_optimizer, self.features(data["next_obs"]),
+                                        data["fall_ahead"], self.config.fall_epochs, generator=self.generator))
+            stats["time/fall_fit_s"] = time.perf_counter() - t0
         return stats
 
     def _fit_terminal_value(self, obs: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict[str, float]:
@@ -528,7 +572,12 @@ class MBMPO:
         return ImaginedEnv(self.ensemble, idx, self._init_fn, c.imagined_horizon, self.reward_fn,
                            self.action_space.low, self.action_space.high, c.imagined_clip_obs,
                            self.generator, sample=c.model_sample, penalty_coef=c.model_penalty,
-                           uncertainty=c.model_uncertainty)
+                           uncertainty=c.model_uncertainty, state_cost=self._fall_cost if self.hazard is not None else None)
+
+    def _fall_cost(self, next_obs: Tensor) -> Tensor:
+        """``fall_penalty * p(s')`` for ``[N, obs_dim]`` reached states -> ``[N]``."""
+        assert self.hazard is not None
+        return hazard_cost(self.hazard, self.features(next_obs), self.config.fall_penalty)
 
     def _task_batch(self, roll: Rollout) -> TaskBatch:
         """Per-task advantages (GAE on the baseline's values), normalized per task."""
@@ -649,6 +698,8 @@ class MBMPO:
                       "time/outer_step_s": t4 - t3})
         if c.model_penalty > 0:  # the imagined returns above are net of it
             stats["imagined/penalty"] = env.mean_penalty
+        if self.hazard is not None:  # the imagined returns above are net of it
+            stats["imagined/fall_cost"] = env.mean_state_cost
         if self.terminal_value is not None:  # not in the imagined returns above
             stats["imagined/terminal_value"] = post.terminal_value
         stats.update(value_stats)
@@ -755,7 +806,7 @@ class MBMPO:
             log.record("real/episode_return", float(np.mean(self._recent_returns)))
         log.record_dict(model_stats)
         log.record_dict(meta_stats)
-        if self.dataset.priority is not None and c.focus_fraction > 0:
+        if "priority" in self.dataset.columns and c.focus_fraction > 0:
             drops = self.dataset.arrays()["priority"]
             focus = self._focus_rows(drops)
             log.record("imagined/focus_rows", len(focus))
@@ -813,6 +864,8 @@ class MBMPO:
             "terminal_value": self.terminal_value.state_dict() if self.terminal_value is not None else {},
             "terminal_value_optimizer": (self.terminal_value_optimizer.state_dict()
                                          if self.terminal_value_optimizer else {}),
+            "hazard": self.hazard.state_dict() if self.hazard is not None else {},
+            "hazard_optimizer": self.hazard_optimizer.state_dict() if self.hazard_optimizer else {},
             "generator": self.generator.get_state(),
             "counters": counters(self),
         }
@@ -838,6 +891,9 @@ class MBMPO:
             if self.terminal_value is not None and self.terminal_value_optimizer is not None:
                 self.terminal_value.load_state_dict(state["terminal_value"])
                 self.terminal_value_optimizer.load_state_dict(state["terminal_value_optimizer"])
+            if self.hazard is not None and self.hazard_optimizer is not None:
+                self.hazard.load_state_dict(state["hazard"])
+                self.hazard_optimizer.load_state_dict(state["hazard_optimizer"])
             self.generator.set_state(state["generator"])
             self.inner_kl_coef = float(state.get("inner_kl_coef", self.config.inner_kl_coef))
             cnt = state["counters"]

@@ -134,7 +134,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
                                             "mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10",
                                             "mbmpo_prob_pen5_std0.15", "mbmpo_prob_pen7.5",
                                             "mbmpo_prob_pen5_focus0.25", "mbmpo_prob_pen5_tv",
-                                            "mbmpo_prob_pen5_tvimag"))
+                                            "mbmpo_prob_pen5_tvimag", "mbmpo_prob_pen5_tvimag_fall5"))
     assert set(kls.values()) == {0.01}
     # session 15's screens change one thing each against the preset (30 meta-steps, 500 steps per env, 32x32)
     assert [cfgs[k]["num_meta_steps"] for k in ("mbmpo_prob_kl0.02", "mbmpo_prob_meta60", "mbmpo_prob_meta15")] == [30, 60, 15]
@@ -146,19 +146,22 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert [pens.pop(k) for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10",
                                   "mbmpo_prob_pen5_std0.15", "mbmpo_prob_pen7.5",
                                   "mbmpo_prob_pen5_focus0.25", "mbmpo_prob_pen5_tv",
-                                  "mbmpo_prob_pen5_tvimag")] == [1.0, 5.0, 10.0, 5.0, 7.5, 5.0, 5.0, 5.0]
+                                  "mbmpo_prob_pen5_tvimag", "mbmpo_prob_pen5_tvimag_fall5")] == [1.0, 5.0, 10.0, 5.0, 7.5, 5.0, 5.0, 5.0, 5.0]
     assert set(pens.values()) == {0.0}
     # session 17: the penalized preset with a floor under the std; every other penalized label has none
     stds = {k: c.get("min_std", 0.0) for k, c in cfgs.items() if k.startswith("mbmpo_prob_pen")}
     assert stds == {"mbmpo_prob_pen1": 0.0, "mbmpo_prob_pen5": 0.0, "mbmpo_prob_pen10": 0.0, "mbmpo_prob_pen5_std0.15": 0.15,
                     "mbmpo_prob_pen7.5": 0.0, "mbmpo_prob_pen5_focus0.25": 0.0, "mbmpo_prob_pen5_tv": 0.0,
-                    "mbmpo_prob_pen5_tvimag": 0.0}
+                    "mbmpo_prob_pen5_tvimag": 0.0, "mbmpo_prob_pen5_tvimag_fall5": 0.0}
     # session 18: focused imagined starts on one label only
     focus = {k: c.get("focus_fraction", 0.0) for k, c in cfgs.items()}
     assert focus.pop("mbmpo_prob_pen5_focus0.25") == 0.25 and set(focus.values()) == {0.0}
     tv = {k: (c.get("terminal_value", "off"), c.get("terminal_value_epochs", 5)) for k, c in cfgs.items()}
     assert tv.pop("mbmpo_prob_pen5_tv") == ("real", 10) and tv.pop("mbmpo_prob_pen5_tvimag") == ("imagined", 2)
-    assert set(tv.values()) == {("off", 5)}
+    assert tv.pop("mbmpo_prob_pen5_tvimag_fall5") == ("imagined", 2) and set(tv.values()) == {("off", 5)}
+    # session 20: the fall-hazard cost on one label only
+    falls = {k: c.get("fall_penalty", 0.0) for k, c in cfgs.items()}
+    assert falls.pop("mbmpo_prob_pen5_tvimag_fall5") == 5.0 and set(falls.values()) == {0.0}
     hc_pens = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc).get("model_penalty")
                for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5")}
     assert hc_pens == {"mbmpo": 0.0, "mbmpo_prob": 0.0, "mbmpo_prob_kl0.02": 0.0, "mbmpo_prob_pen5": 5.0}

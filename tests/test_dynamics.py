@@ -243,6 +243,12 @@ def test_imagined_env_penalizes_the_reward_by_the_uncertainty():
     assert torch.equal(pen.next_obs, plain.next_obs)
     assert env.mean_penalty == pytest.approx(0.5 * u)
     assert pen.episode_returns[4] == pytest.approx(8.0 - 4 * 0.5 * u)
+    costly = ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn, penalty_coef=0.5,
+                         state_cost=lambda o: 0.1 * o[:, 0].abs().float())  # both, summed
+    both = collect(costly, policy, 6)
+    assert torch.allclose(both.rewards, pen.rewards - 0.1 * both.next_obs[..., 0].abs().float())
+    assert torch.equal(both.next_obs, plain.next_obs)
+    assert costly.mean_state_cost == pytest.approx(float((0.1 * both.next_obs[..., 0].abs()).mean()))
     with pytest.raises(ValueError, match="penalty_coef must be a finite number >= 0, got -1.0"):
         ImaginedEnv(ens, idx, zeros, horizon=4, reward_fn=fn, penalty_coef=-1.0)
     with pytest.raises(ValueError, match="'aleatoric' uncertainty needs probabilistic models"):
@@ -284,14 +290,14 @@ def test_dataset_keys_stay_with_their_rows():
 
 
 def test_dataset_priorities_stay_with_their_rows_and_default_to_zero():
-    ds = TransitionDataset(2, 1, capacity=3, priority=True)
+    ds = TransitionDataset(2, 1, capacity=3, columns={"priority": 0.0})
     for i in range(2):
         ds.add(torch.full((2, 2), float(i)), torch.zeros(2, 1), torch.ones(2, 2), torch.full((2,), float(i)),
-               torch.zeros(2, dtype=torch.bool), priority=torch.tensor([10.0 * i, 10.0 * i + 1]))
+               torch.zeros(2, dtype=torch.bool), columns={"priority": torch.tensor([10.0 * i, 10.0 * i + 1])})
     assert ds.arrays()["priority"].tolist() == [1.0, 10.0, 11.0]  # the oldest row went
     ds.add(torch.zeros(1, 2), torch.zeros(1, 1), torch.ones(1, 2), torch.zeros(1), torch.zeros(1, dtype=torch.bool))
     assert ds.arrays()["priority"].tolist() == [10.0, 11.0, 0.0]
-    other = TransitionDataset(2, 1, capacity=3, priority=True)
+    other = TransitionDataset(2, 1, capacity=3, columns={"priority": 0.0})
     other.load_state_dict(ds.state_dict())
     assert torch.equal(other.arrays()["priority"], ds.arrays()["priority"])
     old = TransitionDataset(2, 1, capacity=3)  # saved without priorities (an older run): zeros
@@ -301,3 +307,7 @@ def test_dataset_priorities_stay_with_their_rows_and_default_to_zero():
     plain = TransitionDataset(2, 1, capacity=3)
     plain.load_state_dict(ds.state_dict())
     assert "priority" not in plain.arrays()
+    labels = TransitionDataset(2, 1, capacity=3, columns={"priority": 0.0, "fall_ahead": float("nan")})
+    labels.load_state_dict(ds.state_dict())  # a column the checkpoint lacks: its fill value
+    assert labels.arrays()["priority"].tolist() == [10.0, 11.0, 0.0]
+    assert bool(labels.arrays()["fall_ahead"].isnan().all())

@@ -1,12 +1,15 @@
 import csv
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from mbmpo import MBMPO, MBMPOConfig
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
+from mbmpo.hazard import fit_hazard, hazard_cost
 from mbmpo.sampler import collect
+from policies.value import MLPValue
 
 
 def pm_config(**kw):
@@ -46,7 +49,8 @@ def test_seeded_runs_are_identical():
 @pytest.mark.parametrize("split,model_type,extra", [("resample", "deterministic", {}), ("persistent", "deterministic", {}),
                                                     ("resample", "probabilistic", {}),
                                                     ("resample", "deterministic", {"terminal_value": "real"}),
-                                                    ("resample", "deterministic", {"terminal_value": "imagined"})])
+                                                    ("resample", "deterministic", {"terminal_value": "imagined"}),
+                                                    ("resample", "deterministic", {"fall_penalty": 1.0})])
 def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type, extra):
     full = MBMPO(pm_config(model_split=split, model_type=model_type, **extra), console=False)
     full.learn(180)  # warm-up (120) + 1 iteration (60): episodes of 30 end with the iteration
@@ -59,9 +63,13 @@ def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type, extra
     resumed.learn(180)
     assert torch.equal(flat(full), flat(resumed))
     assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
-    if extra:  # the terminal value is in the checkpoint
-        assert torch.equal(torch.cat([p.flatten() for p in full.terminal_value.parameters()]),
-                           torch.cat([p.flatten() for p in resumed.terminal_value.parameters()]))
+    for net in ("terminal_value", "hazard"):  # fitted nets are in the checkpoint
+        if getattr(full, net) is not None:
+            assert torch.equal(torch.cat([p.flatten() for p in getattr(full, net).parameters()]),
+                               torch.cat([p.flatten() for p in getattr(resumed, net).parameters()]))
+    if "fall_penalty" in extra:
+        assert torch.equal(full.dataset.arrays()["fall_ahead"].nan_to_num(-1),
+                           resumed.dataset.arrays()["fall_ahead"].nan_to_num(-1))
     if split == "persistent":  # every row keeps the train/validation assignment it got when collected
         assert torch.equal(full.dataset.arrays()["keys"][:120], part.dataset.arrays()["keys"])
         assert full.dataset.arrays()["keys"].shape == (180, 2)
@@ -172,6 +180,43 @@ def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward
     assert not torch.allclose(fitted.adv, algo._task_batch(roll).adv, atol=1e-3)
 
 
+def test_fall_hazard_is_labelled_fitted_and_costs_imagined_rewards(tmp_path):
+    algo = MBMPO(pm_config(fall_penalty=2.0, fall_window=3, fall_horizon=5, fall_min_drop=0.05), out_dir=tmp_path,
+                 console=False)
+    algo.learn(180)
+    labels = algo.dataset.arrays()["fall_ahead"]
+    known = labels[labels.isfinite()]
+    assert labels.shape == (180,) and len(known) > 0 and set(known.tolist()) <= {0.0, 1.0}
+    row = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))[-1]
+    assert int(float(row["fall/known_rows"])) == len(known)
+    assert float(row["fall/rate"]) == pytest.approx(float(known.mean()))
+    assert 0 < float(row["imagined/fall_cost"]) < 2.0  # c * p, with 0 < p < 1
+    obs = algo.dataset.arrays()["next_obs"][:7]
+    with torch.no_grad():
+        p = torch.sigmoid(algo.hazard(algo.features(obs).float()))
+    assert torch.allclose(algo._fall_cost(obs), 2.0 * p)
+    env = algo._imagined_env()  # the imagined reward is net of the cost
+    assert env.state_cost is not None and env.state_cost(obs).shape == (7,)
+
+
+def test_fit_hazard_learns_a_separable_rate_and_skips_unknown_rows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    y = (x[:, 0] > 0).double()
+    y[x[:, 1] > 1.0] = float("nan")  # unknown rows: left out
+    net = MLPValue(2, (16,), "tanh", True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = fit_hazard(net, opt, x, y, epochs=1, generator=g)
+    stats = fit_hazard(net, opt, x, y, epochs=20, generator=g)
+    assert stats["fall/known_rows"] == int(y.isfinite().sum()) < 2000
+    assert stats["fall/rate"] == pytest.approx(float(y[y.isfinite()].mean()))
+    assert stats["fall/bce"] < 0.2 < first["fall/bce"]
+    p = hazard_cost(net, torch.tensor([[2.0, 0.0], [-2.0, 0.0]]), 1.0)
+    assert p[0] > 0.9 and p[1] < 0.1
+    none = fit_hazard(net, opt, x[:3], torch.full((3,), float("nan")), epochs=1)
+    assert none["fall/known_rows"] == 0 and math.isnan(none["fall/bce"])
+
+
 def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     algo = MBMPO(pm_config(focus_fraction=0.5, focus_quantile=0.01), out_dir=tmp_path, console=False)
     algo.learn(180)  # warm-up + 1 iteration: 180 rows, each with the drop of its real rollout
@@ -180,8 +225,8 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
     assert int(rows[-1]["imagined/focus_rows"]) == len(algo._focus_rows(data["priority"])) <= 1
     with torch.no_grad():  # one row stands out: half the starts, spread over the batch, are it
-        algo.dataset.priority.zero_()
-        algo.dataset.priority[7] = 3.0
+        algo.dataset.columns["priority"].zero_()
+        algo.dataset.columns["priority"][7] = 3.0
         algo.dataset.obs[7] = 123.0
     starts = algo._init_fn(40, torch.Generator().manual_seed(0))
     hits = (starts == 123.0).all(1)
@@ -191,7 +236,7 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     back = MBMPO.load(tmp_path / "ck.pt", console=False)
     assert torch.equal(back.dataset.arrays()["priority"], algo.dataset.arrays()["priority"])
     with torch.no_grad():
-        back.dataset.priority.zero_()  # no drop anywhere: no focus rows, every start uniform
+        back.dataset.columns["priority"].zero_()  # no drop anywhere: no focus rows, every start uniform
     assert len(back._focus_rows(back.dataset.arrays()["priority"])) == 0
     assert int((back._init_fn(400, torch.Generator().manual_seed(0)) == 123.0).all(1).sum()) < 20
 

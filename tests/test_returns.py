@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mbmpo.returns import (
@@ -5,6 +6,7 @@ from mbmpo.returns import (
     explained_variance,
     gae,
     normalize_advantages,
+    fall_ahead,
     reward_drop,
 )
 
@@ -75,3 +77,26 @@ def test_reward_drop_hand_computation_within_episodes():
     assert reward_drop(r.flip(0), dones, ts, 2)[:, 0].tolist() == [0] * 8
     late = reward_drop(r[3:6, :1], dones[3:6, :1], ts[3:6, :1] + 100, 3)
     assert late[:, 0].tolist() == [0, 4, 2]  # t=1: 4 - mean(0, 0); t=2: mean(4, 0) - 0
+
+
+def test_fall_ahead_labels_by_hand_within_episodes():
+    # rewards 4, 4, 4, 4, 0, ...: with W = 2 the drops with both windows full are 2, 4, 2 at
+    # t = 3, 4, 5, so with min_drop 2 falls start there. Env 1's episode ends after step 5.
+    r = torch.tensor([4.0] * 4 + [0.0] * 6).unsqueeze(1).repeat(1, 2)
+    dones = torch.zeros(10, 2, dtype=torch.bool)
+    dones[5, 1] = True
+    ts = torch.stack([torch.arange(10), torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])], 1)
+    y = fall_ahead(r, dones, ts, window=2, min_drop=2.0, horizon=3)
+    # env 0: a start in (t, t + 3] for t <= 4; t = 5 checked every u up to 8 (u + W <= 10): 0;
+    # later steps cannot be told
+    assert y[:, 0].tolist()[:6] == [1, 1, 1, 1, 1, 0] and bool(y[6:, 0].isnan().all())
+    # env 1: t = 5's future window is cut by the episode's end, so it is no start; the episode
+    # ends within the rollout, so its steps are known; the next episode is too short to tell
+    assert y[:, 1].tolist()[:6] == [1, 1, 1, 1, 0, 0] and bool(y[6:, 1].isnan().all())
+    assert fall_ahead(r, dones, ts, 2, min_drop=4.5, horizon=3)[:6, 0].tolist() == [0] * 6
+    # an episode that began before these steps: u = 1's past window is cut by the first step, so
+    # t = 0 cannot be told; a steady reward has no fall
+    flat = fall_ahead(torch.full((10, 1), 4.0), dones[:, :1], ts[:, :1] + 100, 2, 2.0, 3)[:, 0]
+    assert flat.isnan().tolist() == [True] + [False] * 5 + [True] * 4 and flat[1:6].tolist() == [0] * 5
+    with pytest.raises(ValueError, match="horizon must be >= 1 and min_drop > 0"):
+        fall_ahead(r, dones, ts, 2, min_drop=0.0, horizon=3)
