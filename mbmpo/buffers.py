@@ -140,6 +140,9 @@ class TransitionDataset:
             cols.append(keys)
             stores.append(self.keys)
         given = columns or {}
+        unknown = sorted(set(given) - set(self.columns))
+        if unknown:
+            raise ValueError(f"dataset has no column(s) {unknown}; its columns are {sorted(self.columns)}")
         for name, store in self.columns.items():
             v = given.get(name)
             cols.append(torch.full((cols[0].shape[0],), self.fills[name]) if v is None else v.reshape(-1))

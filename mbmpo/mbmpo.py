@@ -174,7 +174,7 @@ class MBMPOConfig(BaseConfig):
     """W of :func:`mbmpo.returns.fall_ahead`: a fall starts where the mean reward over the next W
     steps is at least ``fall_min_drop`` below the mean over the W steps before. A long window
     counts lasting falls, not stumbles that recover: on the last 100k real rows of the two 200k
-    runs of BENCHMARKS.md 7.22, W = 100 labels 5.8% of rows of the steady seed and 14.8% of the
+    runs of BENCHMARKS.md 7.22, W = 100 labels 5.7% of rows of the steady seed and 14.8% of the
     collapsing one; W = 25 labels 11.4% and 9.2%."""
     fall_min_drop: float = 2.0
     """Reward drop per step that counts as a fall (HalfCheetah runs at 4-6 per step and a collapsed

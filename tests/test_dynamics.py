@@ -311,3 +311,6 @@ def test_dataset_priorities_stay_with_their_rows_and_default_to_zero():
     labels.load_state_dict(ds.state_dict())  # a column the checkpoint lacks: its fill value
     assert labels.arrays()["priority"].tolist() == [10.0, 11.0, 0.0]
     assert bool(labels.arrays()["fall_ahead"].isnan().all())
+    with pytest.raises(ValueError, match=r"dataset has no column\(s\) \['typo'\]; its columns are \['priority'\]"):
+        ds.add(torch.zeros(1, 2), torch.zeros(1, 1), torch.ones(1, 2), torch.zeros(1), torch.zeros(1, dtype=torch.bool),
+               columns={"typo": torch.zeros(1)})

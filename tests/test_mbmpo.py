@@ -256,6 +256,9 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
     (dict(focus_fraction=1.5), r"focus_fraction must be in \[0, 1\], focus_quantile in \(0, 1\] and focus_window >= 1, got 1.5"),
     (dict(focus_fraction=0.2, imagined_init="reset"), "focus_fraction 0.2 needs imagined_init 'dataset', got 'reset'"),
+    (dict(fall_penalty=float("nan")), r"fall_penalty must be a finite number >= 0 \(0 = off\) and fall_min_drop > 0, got nan, 2.0"),
+    (dict(fall_penalty=1.0, fall_min_drop=0.0), r"fall_penalty must be .* and fall_min_drop > 0, got 1.0, 0.0"),
+    (dict(fall_window=0), "fall_window must be > 0"),
     (dict(terminal_value="yes"), r"terminal_value 'yes' is not allowed; use one of \['off', 'real', 'imagined'\]"),
 ])
 def test_bad_input_is_named(kw, msg):
