@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policies.value import minibatch_pass
+
 
 def fit_hazard(net: nn.Module, optimizer: torch.optim.Optimizer, feats: Tensor, labels: Tensor, epochs: int,
                batch_size: int = 512, generator: torch.Generator | None = None) -> dict[str, float]:
@@ -36,21 +38,12 @@ def fit_hazard(net: nn.Module, optimizer: torch.optim.Optimizer, feats: Tensor, 
     n_rows = len(y)
     if n_rows == 0:
         return {"fall/bce": float("nan"), "fall/rate": float("nan"), "fall/known_rows": 0, "fall/mean_p": float("nan")}
-    loss_sum = 0.0
+    loss = float("nan")
     for _ in range(epochs):
-        perm = torch.randperm(n_rows, generator=generator)
-        loss_sum = 0.0
-        for i in range(0, n_rows, batch_size):
-            idx = perm[i : i + batch_size]
-            loss = F.binary_cross_entropy_with_logits(net(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
+        loss = minibatch_pass(net, optimizer, x, y, F.binary_cross_entropy_with_logits, batch_size, generator)
     with torch.no_grad():
         mean_p = float(torch.sigmoid(net(x)).mean())
-    return {"fall/bce": loss_sum / n_rows, "fall/rate": float(y.mean()), "fall/known_rows": n_rows,
-            "fall/mean_p": mean_p}
+    return {"fall/bce": loss, "fall/rate": float(y.mean()), "fall/known_rows": n_rows, "fall/mean_p": mean_p}
 
 
 def hazard_cost(net: nn.Module, feats: Tensor, coef: float) -> Tensor:

@@ -34,6 +34,7 @@ from mbmpo.checkpoint import save_checkpoint
 from mbmpo.config import BaseConfig, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.hazard import fit_hazard, hazard_cost
 from mbmpo.kl_penalty import ppo_adapt_kl_coef
 from mbmpo.logger import Logger
 from mbmpo.meta import (
@@ -57,10 +58,10 @@ from mbmpo.runner import (
     run_training,
 )
 from mbmpo.sampler import collect
-from mbmpo.hazard import fit_hazard, hazard_cost
-from mbmpo.td_value import fit_td_value, terminal_values
+from mbmpo.td_value import fit_td_value, half_mse, terminal_values
 from mbmpo.trpo import trpo_step
 from policies import GaussianMLPPolicy, LinearFeatureBaseline, MLPValue
+from policies.value import minibatch_pass
 
 CONSOLE_KEYS = ["iteration", "real_steps", "eval_return_mean", "imagined/pre_return",
                 "imagined/post_return", "model/val_loss_mean", "time/iteration_s"]
@@ -646,13 +647,7 @@ class MBMPO:
         y = rets.float().reshape(-1)
         with torch.enable_grad():  # callers may sample under no_grad
             for _ in range(c.baseline_epochs):
-                perm = torch.randperm(x.shape[0], generator=self.generator)
-                for i in range(0, x.shape[0], 1024):
-                    idx = perm[i : i + 1024]
-                    loss = 0.5 * (self.value_fn(x[idx]) - y[idx]).pow(2).mean()
-                    self.value_optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.value_optimizer.step()
+                minibatch_pass(self.value_fn, self.value_optimizer, x, y, half_mse, 1024, self.generator)
         with torch.no_grad():
             values = self.value_fn(x).reshape(rets.shape).double()
             next_values = self.value_fn(inputs(next_feats, next_ts)).double()

@@ -122,15 +122,16 @@ def _episode_bounds(dones: Tensor, timesteps: Tensor) -> tuple[Tensor, Tensor, T
     return t, ep_start, ep_end
 
 
-def _drop(rewards: Tensor, dones: Tensor, timesteps: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`reward_drop`; whether step t's past window is full or cut only by its episode's
-    start, not by the first of these T steps; and whether its future window is full
-    (all ``[T, N]``)."""
+def _drop(rewards: Tensor, bounds: tuple[Tensor, Tensor, Tensor], timesteps: Tensor,
+          window: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`reward_drop` (``bounds`` from :func:`_episode_bounds`); whether step t's past window
+    is full or cut only by its episode's start, not by the first of these T steps; and whether
+    its future window is full (all ``[T, N]``)."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     r = rewards.double()
     csum = torch.cat([torch.zeros_like(r[:1]), r.cumsum(0)])  # csum[i] = r_0 + .. + r_{i-1}
-    t, ep_start, ep_end = _episode_bounds(dones, timesteps)
+    t, ep_start, ep_end = bounds
     p0 = torch.maximum(t - window, ep_start)
     f1 = torch.minimum(t + window, ep_end)
     n_past = t - p0
@@ -157,7 +158,7 @@ def reward_drop(rewards: Tensor, dones: Tensor, timesteps: Tensor, window: int) 
     Returns:
         ``[T, N]`` float64, >= 0.
     """
-    return _drop(rewards, dones, timesteps, window)[0]
+    return _drop(rewards, _episode_bounds(dones, timesteps), timesteps, window)[0]
 
 
 def fall_ahead(rewards: Tensor, dones: Tensor, timesteps: Tensor, window: int, min_drop: float,
@@ -181,9 +182,10 @@ def fall_ahead(rewards: Tensor, dones: Tensor, timesteps: Tensor, window: int, m
     """
     if horizon < 1 or not min_drop > 0:
         raise ValueError(f"horizon must be >= 1 and min_drop > 0, got {horizon}, {min_drop}")
-    drop, past_ok, future_full = _drop(rewards, dones, timesteps, window)
+    bounds = _episode_bounds(dones, timesteps)
+    drop, past_ok, future_full = _drop(rewards, bounds, timesteps, window)
     onset = past_ok & future_full & (drop >= min_drop)
-    t, _, ep_end = _episode_bounds(dones, timesteps)
+    t, _, ep_end = bounds
     ended = dones.bool().gather(0, (ep_end - 1).clamp(min=0))  # t's episode ends within these steps
     told = past_ok & (future_full | ended)
 

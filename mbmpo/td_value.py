@@ -17,6 +17,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from policies.value import minibatch_pass
+
 
 def td_targets(net: nn.Module, rewards: Tensor, next_feats: Tensor, terminated: Tensor, gamma: float) -> Tensor:
     """TD(0) targets in the scaled units of ``net``, which predicts ``(1 - gamma) V(s)``:
@@ -46,23 +48,18 @@ def fit_td_value(net: nn.Module, optimizer: torch.optim.Optimizer, feats: Tensor
         ``value/mean`` (mean V over the data, in return units).
     """
     x = feats.float()
-    loss_sum, n = 0.0, 0
+    loss = 0.0
     for _ in range(epochs):
-        frozen = copy.deepcopy(net)
-        y = td_targets(frozen, rewards, next_feats, terminated, gamma)
-        perm = torch.randperm(len(x), generator=generator)
-        loss_sum, n = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i : i + batch_size]
-            loss = 0.5 * (net(x[idx]) - y[idx]).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            n += len(idx)
+        y = td_targets(copy.deepcopy(net), rewards, next_feats, terminated, gamma)
+        loss = minibatch_pass(net, optimizer, x, y, half_mse, batch_size, generator)
     with torch.no_grad():
         mean_v = float(net(x).mean()) / (1 - gamma)
-    return {"value/td_loss": 2 * loss_sum / max(n, 1), "value/mean": mean_v}
+    return {"value/td_loss": 2 * loss, "value/mean": mean_v}
+
+
+def half_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """``0.5 * mean((pred - target)^2)``."""
+    return 0.5 * (pred - target).pow(2).mean()
 
 
 def terminal_values(net: nn.Module, next_feats: Tensor, terminated: Tensor, gamma: float) -> Tensor:

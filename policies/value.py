@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,24 @@ class MLPValue(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs).squeeze(-1)
+
+
+def minibatch_pass(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                   loss_fn: Callable[[Tensor, Tensor], Tensor], batch_size: int,
+                   generator: torch.Generator | None = None) -> float:
+    """One pass of Adam-style minibatch steps on ``loss_fn(net(x[idx]), y[idx])`` over a random
+    order of the ``[B, ...]`` rows; returns the mean loss per row."""
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator)
+    loss_sum = 0.0
+    for i in range(0, n, batch_size):
+        idx = perm[i : i + batch_size]
+        loss = loss_fn(net(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(idx)
+    return loss_sum / max(n, 1)
 
 
 class LinearFeatureBaseline(nn.Module):

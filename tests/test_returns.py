@@ -4,9 +4,9 @@ import torch
 from mbmpo.returns import (
     discount_cumsum,
     explained_variance,
+    fall_ahead,
     gae,
     normalize_advantages,
-    fall_ahead,
     reward_drop,
 )
 
