@@ -108,7 +108,7 @@ def test_only_restricts_labels_includes_and_reference(tmp_path):
     assert plan.report.labels == ["mbmpo", "trpo"] and plan.report.reference == "mbmpo"
     plan = plan_for(tmp_path, "--spec", str(spec), "--only", "ppo_tuned")
     assert [inc[0] for inc in plan.includes] == ["ppo_tuned"] and plan.report.reference == "ppo_tuned"
-    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, mbmpo_prob_kl0.02, mbmpo_prob_pen5, ppo, ppo_tuned, trpo"):
+    with pytest.raises(ConfigError, match=r"--only nope: no such label; labels: mbmpo, mbmpo_prob, mbmpo_prob_kl0.02, mbmpo_prob_pen5, mbmpo_prob_pen5_tvimag_fall5, ppo, ppo_tuned, trpo"):
         plan_for(tmp_path, "--spec", str(spec), "--only", "nope")
 
 
@@ -123,6 +123,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert compare.run_config(hc.variants["mbmpo"], "HalfCheetah-v5", hc)["model_type"] == "deterministic"
     assert compare.run_config(hc.variants["mbmpo_prob"], "HalfCheetah-v5", hc)["model_type"] == "probabilistic"
     assert hc.budget("mbmpo_prob") == 200_000 and hc.budget("mbmpo_prob_kl0.02") == 200_000 == hc.budget("mbmpo_prob_pen5")
+    assert hc.budget("mbmpo_prob_pen5_tvimag_fall5") == 200_000
     # labels keep the max KL they were measured with; the preset's is now 0.02
     assert compare.run_config(hc.variants["mbmpo_prob_kl0.02"], "HalfCheetah-v5", hc)["max_kl"] == 0.02
     assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
@@ -158,13 +159,21 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert focus.pop("mbmpo_prob_pen5_focus0.25") == 0.25 and set(focus.values()) == {0.0}
     tv = {k: (c.get("terminal_value", "off"), c.get("terminal_value_epochs", 5)) for k, c in cfgs.items()}
     assert tv.pop("mbmpo_prob_pen5_tv") == ("real", 10) and tv.pop("mbmpo_prob_pen5_tvimag") == ("imagined", 2)
-    assert tv.pop("mbmpo_prob_pen5_tvimag_fall5") == ("imagined", 2) and set(tv.values()) == {("off", 5)}
+    assert tv.pop("mbmpo_prob_pen5_tvimag_fall5") == ("imagined", 2)
+    assert {on for on, _ in tv.values()} == {"off"}  # the preset's epochs (2) are unused when off
     # session 20: the fall-hazard cost on one label only
     falls = {k: c.get("fall_penalty", 0.0) for k, c in cfgs.items()}
     assert falls.pop("mbmpo_prob_pen5_tvimag_fall5") == 5.0 and set(falls.values()) == {0.0}
-    hc_pens = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc).get("model_penalty")
-               for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5")}
-    assert hc_pens == {"mbmpo": 0.0, "mbmpo_prob": 0.0, "mbmpo_prob_kl0.02": 0.0, "mbmpo_prob_pen5": 5.0}
+    # session 22: that label is the preset, so it matches the preset file field for field
+    preset = yaml.safe_load((ROOT / "scripts/configs/halfcheetah_mbmpo.yaml").read_text())
+    assert all(cfgs["mbmpo_prob_pen5_tvimag_fall5"][k] == v for k, v in preset.items() if k not in compare.RESERVED)
+    hc_cfgs = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)
+               for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5", "mbmpo_prob_pen5_tvimag_fall5")}
+    assert {k: c["model_penalty"] for k, c in hc_cfgs.items()} == {
+        "mbmpo": 0.0, "mbmpo_prob": 0.0, "mbmpo_prob_kl0.02": 0.0, "mbmpo_prob_pen5": 5.0, "mbmpo_prob_pen5_tvimag_fall5": 5.0}
+    assert {k: (c["terminal_value"], c["fall_penalty"]) for k, c in hc_cfgs.items()} == {
+        "mbmpo": ("off", 0.0), "mbmpo_prob": ("off", 0.0), "mbmpo_prob_kl0.02": ("off", 0.0),
+        "mbmpo_prob_pen5": ("off", 0.0), "mbmpo_prob_pen5_tvimag_fall5": ("imagined", 5.0)}
     imports = compare.plan_imports(hc)
     assert {(d.parent.name, d.name) for _, d, _ in imports} == {
         ("ppo", "s0"), ("ppo", "s1"), ("ppo", "s2"), ("ppo_tuned", "s0"), ("ppo_tuned", "s1"),
