@@ -129,6 +129,12 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
     ab = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_ablation.yaml"))
     cfgs = {k: compare.run_config(v, "HalfCheetah-v5", ab) for k, v in ab.variants.items()}
+    # session 22: the ablations on today's preset change only their own fields against it
+    preset = yaml.safe_load((ROOT / "scripts/configs/halfcheetah_mbmpo.yaml").read_text())
+    for label, own in {"mbmpo_pre22_k1": {"num_models": 1}, "mbmpo_pre22_alpha0": {"inner_lr": 0.0},
+                       "mbmpo_pre22_ppo_outer": {"outer": "ppo", "inner_kl_coef": 0.0005}}.items():
+        c = cfgs.pop(label)
+        assert set(preset) - compare.RESERVED <= set(c) and {k: v for k, v in c.items() if preset.get(k) != v} == own
     kls = {k: c["max_kl"] for k, c in cfgs.items()}
     assert kls.pop("mbmpo_kl0.03") == kls.pop("mbmpo_prob_kl0.03") == 0.03 and kls.pop("mbmpo_prob_kl0.02") == 0.02
     assert all(kls.pop(k) == 0.02 for k in ("mbmpo_prob_meta60", "mbmpo_prob_meta15", "mbmpo_prob_it1k", "mbmpo_prob_pi64",
@@ -165,7 +171,6 @@ def test_spec_files_shipped_are_valid(tmp_path):
     falls = {k: c.get("fall_penalty", 0.0) for k, c in cfgs.items()}
     assert falls.pop("mbmpo_prob_pen5_tvimag_fall5") == 5.0 and set(falls.values()) == {0.0}
     # session 22: that label is the preset, so it matches the preset file field for field
-    preset = yaml.safe_load((ROOT / "scripts/configs/halfcheetah_mbmpo.yaml").read_text())
     assert all(cfgs["mbmpo_prob_pen5_tvimag_fall5"][k] == v for k, v in preset.items() if k not in compare.RESERVED)
     hc_cfgs = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)
                for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5", "mbmpo_prob_pen5_tvimag_fall5")}
