@@ -147,17 +147,18 @@ def parse_steps(text: Any, what: str = "steps") -> int:
 
 
 def parse_seeds(value: Any) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``"0,2,5"`` or ``[0, 2, 5]`` -> that list."""
+    """``3`` -> [0, 1, 2]; ``"0,2,5"`` or ``[0, 2, 5]`` -> that list; ``"2,"`` -> [2] (a comma marks a list)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value <= 0:
             raise ConfigError(f"seeds must be a count > 0 or a list of seeds, got {value}")
         return list(range(value))
-    items = value if isinstance(value, list) else str(value).split(",")
+    is_list = isinstance(value, list) or "," in str(value)
+    items = value if isinstance(value, list) else str(value).removesuffix(",").split(",")
     try:
         seeds = [int(s) for s in items]
     except (TypeError, ValueError):
-        raise ConfigError(f"bad seeds {value!r}; expected a count (3) or a list (0,2,5)") from None
-    if len(seeds) == 1 and not isinstance(value, list):
+        raise ConfigError(f"bad seeds {value!r}; expected a count (3) or a list (0,2,5; one seed: 2,)") from None
+    if len(seeds) == 1 and not is_list:
         return parse_seeds(seeds[0])
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"bad seeds {value!r}; expected distinct non-negative seeds")
@@ -680,7 +681,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algos", nargs="+", metavar="SPEC", help="labels: ALGO or LABEL=ALGO[,FIELD=VALUE...]")
     p.add_argument("--envs", nargs="+", metavar="ENV", help="gymnasium env ids")
-    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,2,5); default 1")
+    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,2,5; one seed: 2,); default 1")
     p.add_argument("--total-steps", nargs="+", metavar="N|LABEL=N",
                    help="budget of real steps, per label with LABEL=N (default 1M)")
     p.add_argument("--out", required=True, help="comparison directory")

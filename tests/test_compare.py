@@ -63,7 +63,10 @@ def test_label_specs_steps_and_seeds():
     with pytest.raises(ConfigError, match="bad steps '12q'"):
         compare.parse_steps("12q")
     assert compare.parse_seeds("3") == [0, 1, 2] and compare.parse_seeds("0,2,5") == [0, 2, 5]
-    assert compare.parse_seeds([4]) == [4]
+    assert compare.parse_seeds([4]) == [4] and compare.parse_seeds("2,") == [2] and compare.parse_seeds("2") == [0, 1]
+    for bad in (",", "2,,", "a,1"):
+        with pytest.raises(ConfigError, match="bad seeds"):
+            compare.parse_seeds(bad)
     assert compare.env_slug("HalfCheetah-v5") == "halfcheetah" and compare.env_slug(POINT) == "pointmass"
 
 
