@@ -45,6 +45,20 @@ def minibatch_pass(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, 
     return loss_sum / max(n, 1)
 
 
+def spd_solve(a: Tensor, b: Tensor) -> Tensor | None:
+    """Solve ``a x = b`` for a symmetric positive-definite ``a [D, D]``, ``b [D]`` by Cholesky;
+    None if ``a`` is not numerically positive definite.
+
+    Not ``torch.linalg.lstsq``: on CPU its LAPACK driver (MKL's gelsy) rounds differently
+    depending on where its inputs lie in memory, so the same seeded run gave different
+    baselines, and from there different policies, in different processes (BENCHMARKS 7.35).
+    """
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        return None
+    return torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+
+
 class LinearFeatureBaseline(nn.Module):
     """Ridge regression on ``[o, o^2, t, t^2, t^3, 1]`` (rllab's baseline, used by MB-MPO).
 
@@ -72,8 +86,8 @@ class LinearFeatureBaseline(nn.Module):
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         reg = self.reg_coeff
         for _ in range(5):
-            sol = torch.linalg.lstsq(a + reg * eye, b.unsqueeze(-1)).solution.squeeze(-1)
-            if torch.isfinite(sol).all():
+            sol = spd_solve(a + reg * eye, b)
+            if sol is not None and torch.isfinite(sol).all():
                 self.coeffs.copy_(sol.to(self.coeffs.dtype))
                 return
             reg *= 10

@@ -15,6 +15,7 @@ from policies import (
     MLPValue,
     make_policy,
 )
+from policies.value import spd_solve
 
 
 def test_gaussian_matches_torch_distributions():
@@ -107,6 +108,26 @@ def test_linear_feature_baseline_fits_linear_function_of_features():
     b = LinearFeatureBaseline(3)
     b.fit(obs, t, target)
     assert torch.allclose(b(obs, t), target, atol=1e-3)
+
+
+def test_baseline_solve_does_not_depend_on_memory_alignment():
+    # MKL's least-squares driver (gelsy, torch.linalg.lstsq) rounds differently for inputs at
+    # different addresses, which made seeded Hopper runs differ between processes (BENCHMARKS
+    # 7.35); the baseline's solve must give bit-identical results wherever its inputs lie
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(100, 12, generator=gen, dtype=torch.float64)
+    x = LinearFeatureBaseline.features(obs, torch.arange(100))
+    a = x.T @ x + 1e-5 * torch.eye(x.shape[1], dtype=x.dtype)
+    b = x.T @ torch.randn(100, generator=gen, dtype=torch.float64).cumsum(0)
+
+    def at_offset(t: torch.Tensor, off: int) -> torch.Tensor:
+        moved = torch.empty(t.numel() + 8, dtype=t.dtype)[off:off + t.numel()].view(t.shape)
+        return moved.copy_(t)
+
+    sols = {spd_solve(at_offset(a, off), at_offset(b, off)).numpy().tobytes() for off in range(8)}
+    assert len(sols) == 1
+    assert torch.allclose(spd_solve(a, b), torch.linalg.solve(a, b), rtol=1e-6, atol=1e-8)
+    assert spd_solve(-a, b) is None  # not positive definite: fit raises the ridge instead
 
 
 def test_detached_distribution_is_frozen_against_in_place_parameter_steps():
