@@ -188,6 +188,32 @@ def test_spec_files_shipped_are_valid(tmp_path):
         ("ppo_tuned", "s2")}
 
 
+def test_hopper_walker_labels_keep_the_settings_they_were_measured_with(tmp_path):
+    # session 27: the Hopper preset took mbmpo_tvimag_g995_std0.3's settings; every older label
+    # pins the values before it, which on Walker2d-v5 are that preset's own
+    hw = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_hopper_walker.yaml"))
+    keys = ("gamma", "terminal_value", "terminal_value_epochs", "min_std")
+    old = dict(zip(keys, (0.99, "off", 5, 0.0)))
+    own = {"mbmpo": {}, "mbmpo_h50": {}, "mbmpo_prob_kl0.02": {}, "mbmpo_std0.3": {"min_std": 0.3},
+           "mbmpo_h50_tvimag": {"terminal_value": "imagined", "terminal_value_epochs": 2},
+           "mbmpo_tvimag": {"terminal_value": "imagined", "terminal_value_epochs": 2},
+           "mbmpo_tvimag_g995": {"terminal_value": "imagined", "terminal_value_epochs": 2, "gamma": 0.995},
+           "mbmpo_tvimag_g995_std0.3": {"terminal_value": "imagined", "terminal_value_epochs": 2, "gamma": 0.995,
+                                        "min_std": 0.3}}
+    assert set(own) | {"ppo"} == set(hw.variants)
+    for env in ("Hopper-v5", "Walker2d-v5"):
+        for label, fields in own.items():
+            cfg = compare.run_config(hw.variants[label], env, hw)
+            assert {k: cfg[k] for k in keys} == {**old, **fields}, (env, label)
+    for env, label in (("Hopper-v5", "mbmpo_tvimag_g995_std0.3"), ("Walker2d-v5", "mbmpo")):
+        preset = yaml.safe_load((ROOT / f"scripts/configs/{env.split('-')[0].lower()}_mbmpo.yaml").read_text())
+        preset = {k: v for k, v in preset.items() if k not in compare.RESERVED}
+        assert compare.same_config(compare.run_config(hw.variants[label], env, hw), preset), (env, label)
+    assert not compare.same_config(compare.run_config(hw.variants["mbmpo"], "Hopper-v5", hw), {
+        k: v for k, v in yaml.safe_load((ROOT / "scripts/configs/hopper_mbmpo.yaml").read_text()).items()
+        if k not in compare.RESERVED})
+
+
 def test_run_status_decisions(tmp_path):
     assert compare.run_status(tmp_path / "missing", 100) == "start"
     short = write_progress(tmp_path / "short", [(50, 1.0)])
