@@ -8,7 +8,7 @@ workspace lie in memory gives different bits in different processes, and a chaot
 For each preset, ``--procs`` fresh Python processes each run the same seeded MB-MPO run for
 ``--steps`` real steps and print SHA-1 hashes of the real dataset, the ensemble's weights and
 the policy's parameters; the script counts the distinct results. The runs are the preset
-shrunk to a minute each (2 models of 64x64, 4 tasks of 2 rollouts of 50 steps, 3 meta-steps
+shrunk to about 10 s each (2 models of 64x64, 4 tasks of 2 rollouts of 50 steps, 3 meta-steps
 per iteration, 1000 warm-up steps, 500 real steps per iteration), with every other
 setting (model type, baseline, terminal value, gamma, std floor, penalties) as in the preset,
 so the same kernels run as in the full preset. One torch thread per process.

@@ -205,13 +205,15 @@ def test_hopper_walker_labels_keep_the_settings_they_were_measured_with(tmp_path
         for label, fields in own.items():
             cfg = compare.run_config(hw.variants[label], env, hw)
             assert {k: cfg[k] for k in keys} == {**old, **fields}, (env, label)
-    for env, label in (("Hopper-v5", "mbmpo_tvimag_g995_std0.3"), ("Walker2d-v5", "mbmpo")):
-        preset = yaml.safe_load((ROOT / f"scripts/configs/{env.split('-')[0].lower()}_mbmpo.yaml").read_text())
-        preset = {k: v for k, v in preset.items() if k not in compare.RESERVED}
-        assert compare.same_config(compare.run_config(hw.variants[label], env, hw), preset), (env, label)
-    assert not compare.same_config(compare.run_config(hw.variants["mbmpo"], "Hopper-v5", hw), {
-        k: v for k, v in yaml.safe_load((ROOT / "scripts/configs/hopper_mbmpo.yaml").read_text()).items()
-        if k not in compare.RESERVED})
+    presets = {env: {k: v for k, v in yaml.safe_load((ROOT / f"scripts/configs/{name}_mbmpo.yaml").read_text()).items()
+                     if k not in compare.RESERVED}
+               for env, name in (("Hopper-v5", "hopper"), ("Walker2d-v5", "walker2d"))}
+
+    def is_preset(label: str, env: str) -> bool:
+        return compare.same_config(compare.run_config(hw.variants[label], env, hw), presets[env])
+
+    assert is_preset("mbmpo_tvimag_g995_std0.3", "Hopper-v5") and is_preset("mbmpo", "Walker2d-v5")
+    assert not is_preset("mbmpo", "Hopper-v5")
 
 
 def test_run_status_decisions(tmp_path):
