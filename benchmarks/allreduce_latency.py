@@ -40,7 +40,7 @@ def measure(sizes: list[int], calls: int, out: str) -> None:
     """Runs in every worker (inside the process group)."""
     rows = []
     paths = {"gloo": dist.all_reduce, "shared_memory": distributed.all_reduce_sum_}
-    if distributed._SHM is None:  # the launcher could not set it up (it said why)
+    if distributed.shared_memory_reducer() is None:  # the launcher could not set it up (it said why)
         del paths["shared_memory"]
     for path, reduce in paths.items():
         for n in sizes:

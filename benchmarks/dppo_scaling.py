@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbmpo.config import load_yaml  # noqa: E402
-from mbmpo.plotting import read_progress  # noqa: E402
+from mbmpo.report import read_progress  # noqa: E402
 
 PRESET = ROOT / "scripts" / "configs" / "halfcheetah_dppo.yaml"
 SPLIT = ("collect", "comm", "update")

@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from mbmpo.baselines.gorila import Gorila, GorilaConfig, init_ray  # noqa: E402
 from mbmpo.config import load_config  # noqa: E402
-from mbmpo.plotting import eval_curve, read_progress  # noqa: E402
+from mbmpo.report import eval_curve, read_progress  # noqa: E402
 
 
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
     overrides = dict(seed=seed, total_steps=args.max_steps, eval_every=args.eval_every,
                      log_every=args.eval_every, eval_episodes=args.eval_episodes,
-                     num_actors=args.actors, num_learners=args.learners, checkpoint_every=10**6)
+                     num_actors=args.actors, num_learners=args.learners, checkpoint_every_steps=10**9)
     cfg = load_config(GorilaConfig, args.preset, **overrides)
     run_dir = work / f"s{seed}"
     algo = Gorila(cfg, out_dir=run_dir, console=not args.quiet)

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mbmpo.plotting import eval_curve, read_progress  # noqa: E402
+from mbmpo.report import eval_curve, read_progress  # noqa: E402
 
 CFG = ROOT / "scripts" / "configs"
 PRESETS = {

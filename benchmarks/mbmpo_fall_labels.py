@@ -5,7 +5,7 @@ For run directories with a checkpoint, on the real dataset the checkpoint holds:
    ``num_steps`` per env and iteration; every env starts together and, on tasks without
    termination, episodes last ``max_episode_steps``), and each chunk is labelled with
    :func:`mbmpo.returns.fall_ahead` as training does, for every ``--windows`` W;
-2. for the first W, a fresh fall-hazard classifier (:func:`mbmpo.hazard.fit_hazard`, the
+2. for the first W, a fresh fall-hazard classifier (:func:`mbmpo.mbmpo.extensions.fall_hazard.fit_hazard`, the
    run's feature normalization) is fitted on the first ``--train-fraction`` of the rows and
    scored on the rest: ROC AUC and the mean predicted probability of rows labelled 1 and 0.
 
@@ -28,8 +28,8 @@ import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
 
 from mbmpo import MBMPO  # noqa: E402
-from mbmpo.hazard import fit_hazard  # noqa: E402
-from mbmpo.returns import fall_ahead  # noqa: E402
+from mbmpo.mbmpo.extensions.fall_hazard import fit_hazard  # noqa: E402
+from mbmpo.mbmpo.extensions.falls import fall_ahead  # noqa: E402
 from policies.value import MLPValue  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """How well do an MB-MPO run's models predict the data its policy collects next?
 
-Issue 4 diagnosis aid (BENCHMARKS.md §7.9). Takes two checkpoints of one run, an earlier
+A diagnosis aid. Takes two checkpoints of one run, an earlier
 one (its models and dataset of n rows) and a later one whose dataset holds the same rows
 followed by the real data collected after the earlier checkpoint. The rows after n are
 data the earlier models never saw, gathered by the policy being trained: the states the

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mbmpo.analysis import read_progress  # noqa: E402
 from mbmpo.config import load_yaml  # noqa: E402
+from mbmpo.report import read_progress  # noqa: E402
 
 PER_ITERATION = {"real sampling": "time/real_sampling_s", "model fit": "time/model_fit_s"}
 PER_META_STEP = {"imagined sampling": "time/imagined_sampling_s", "inner step": "time/inner_step_s",

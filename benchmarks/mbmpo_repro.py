@@ -3,7 +3,7 @@
 Within one process, seeded runs and resume are bit-exact (tests/test_mbmpo.py). Across
 processes they need not be: a CPU kernel whose rounding depends on where its inputs or its
 workspace lie in memory gives different bits in different processes, and a chaotic task
-(Hopper falls or stays up) turns those bits into different policies (BENCHMARKS 7.33, 7.35).
+(Hopper falls or stays up) turns those bits into different policies.
 
 For each preset, ``--procs`` fresh Python processes each run the same seeded MB-MPO run for
 ``--steps`` real steps and print SHA-1 hashes of the real dataset, the ensemble's weights and

@@ -51,13 +51,13 @@ def main() -> None:
     kinds = [k for k in UNCERTAINTIES if k != "aleatoric" or ens.probabilistic]
 
     # 1. imagined rollouts, exactly as a meta-step draws them (no penalty applied)
-    env = algo._imagined_env()
-    env.penalty_coef = 0.0
+    env = algo.imagined_env()
+    env.costs, env.uncertainty = [], None  # measure u without changing the rewards
     obs = env.reset()
     rews, us = [], {k: [] for k in kinds}
     with torch.no_grad():
         for _ in range(c.imagined_horizon):
-            act, _ = algo._pre_policy_fn(obs)
+            act, _ = algo.pre_policy_fn(obs)
             clipped = torch.max(torch.min(act, env.high.to(act)), env.low.to(act))
             for k in kinds:
                 us[k].append(ens.predict_with_uncertainty(obs, clipped, env.model_idx, k)[2])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,6 +13,26 @@ from torch import Tensor
 from dynamics.ensemble import DynamicsEnsemble, group_rows
 from dynamics.reward_fns import RewardFn
 from mbmpo.errors import TrainingError
+
+
+@dataclass
+class ImaginedStep:
+    """One batched imagined step, as a reward cost sees it.
+
+    Attributes:
+        obs, next_obs: ``[N, obs_dim]`` full observations before and after the step.
+        act: ``[N, act_dim]`` actions (clipped to the action bounds).
+        reward: ``[N]`` reward of the step before any cost.
+        uncertainty: ``[N]`` the ensemble's uncertainty at ``(obs, act)`` (same dtype as
+            ``reward``) when the env was asked for one, else None.
+    """
+
+    obs: Tensor
+    act: Tensor
+    next_obs: Tensor
+    reward: Tensor
+    uncertainty: Tensor | None = None
+
 
 InitFn = Callable[[int, torch.Generator], Tensor]
 """``(num_rows, generator) -> initial full observations [num_rows, obs_dim]``."""
@@ -42,7 +63,12 @@ class ImaginedEnv:
             actions where the models are unreliable; 0 = off (one model pass per row, not K).
         uncertainty: the kind of ``u`` (see :meth:`DynamicsEnsemble.predict_with_uncertainty`).
         state_cost: optional ``[N, obs_dim] -> [N]`` cost of reaching each predicted state,
-            subtracted from its reward (e.g. MB-MPO's fall-hazard cost).
+            subtracted from its reward.
+        costs: further named costs ``(key, fn)``, ``fn(ImaginedStep) -> [N]``, each subtracted
+            from the reward in order after the two above (MB-MPO's plug-ins); ``mean_cost(key)``
+            reports each one's mean per imagined step.
+        cost_uncertainty: the kind of ensemble uncertainty the ``costs`` read from
+            ``step.uncertainty`` (None: none, one model pass per row).
     """
 
     def __init__(
@@ -60,6 +86,8 @@ class ImaginedEnv:
         penalty_coef: float = 0.0,
         uncertainty: str = "disagreement",
         state_cost: Callable[[Tensor], Tensor] | None = None,
+        costs: Sequence[tuple[str, Callable[[ImaginedStep], Tensor]]] = (),
+        cost_uncertainty: str | None = None,
     ):
         if reward_fn is None and not ensemble.reward_head:
             raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
@@ -67,8 +95,12 @@ class ImaginedEnv:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if not (penalty_coef >= 0 and math.isfinite(penalty_coef)):
             raise ValueError(f"penalty_coef must be a finite number >= 0, got {penalty_coef}")
-        if penalty_coef > 0:
-            ensemble.check_uncertainty(uncertainty)
+        if penalty_coef > 0 and cost_uncertainty is not None and cost_uncertainty != uncertainty:
+            raise ValueError(f"penalty uncertainty {uncertainty!r} and cost_uncertainty {cost_uncertainty!r} differ")
+        self.uncertainty = cost_uncertainty if cost_uncertainty is not None else (
+            uncertainty if penalty_coef > 0 else None)
+        if self.uncertainty is not None:
+            ensemble.check_uncertainty(self.uncertainty)
         self.ensemble = ensemble
         self.model_idx = model_idx.long()
         self.groups = group_rows(self.model_idx)
@@ -84,10 +116,17 @@ class ImaginedEnv:
         self._obs: Tensor | None = None
         self._t = torch.zeros(self.num_envs, dtype=torch.long)
         self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
-        self.penalty_coef, self.uncertainty = penalty_coef, uncertainty
-        self.penalty_sum, self.penalty_steps = 0.0, 0
         self.state_cost = state_cost
-        self.cost_sum, self.cost_steps = 0.0, 0
+        self.costs: list[tuple[str, Callable[[ImaginedStep], Tensor]]] = []
+        if penalty_coef > 0:
+            self.costs.append(("penalty", lambda step: penalty_coef * step.uncertainty))
+        if state_cost is not None:
+            self.costs.append(("state_cost", lambda step: state_cost(step.next_obs)))
+        self.costs += list(costs)
+        if len({k for k, _ in self.costs}) != len(self.costs):
+            raise ValueError(f"cost keys must be unique, got {[k for k, _ in self.costs]}")
+        self._cost_sums = {k: 0.0 for k, _ in self.costs}
+        self._cost_steps = 0
 
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
@@ -105,7 +144,8 @@ class ImaginedEnv:
         if self.low is not None:
             act = torch.max(torch.min(act, self.high.to(act)), self.low.to(act))
         gen = self.generator if self.sample else None
-        if self.penalty_coef > 0:
+        u = None
+        if self.uncertainty is not None:
             next_obs, learned_rew, u = self.ensemble.predict_with_uncertainty(
                 obs, act, self.model_idx, self.uncertainty, gen)
         else:
@@ -123,16 +163,13 @@ class ImaginedEnv:
         else:
             rew = learned_rew
             term = torch.zeros(self.num_envs, dtype=torch.bool)
-        if self.penalty_coef > 0:
-            penalty = self.penalty_coef * u.to(rew)
-            rew = rew - penalty
-            self.penalty_sum += float(penalty.sum())
-            self.penalty_steps += self.num_envs
-        if self.state_cost is not None:
-            cost = self.state_cost(next_obs).to(rew)
-            rew = rew - cost
-            self.cost_sum += float(cost.sum())
-            self.cost_steps += self.num_envs
+        if self.costs:
+            step = ImaginedStep(obs, act, next_obs, rew, None if u is None else u.to(rew))
+            for key, fn in self.costs:
+                cost = fn(step).to(rew)
+                rew = rew - cost
+                self._cost_sums[key] += float(cost.sum())
+            self._cost_steps += self.num_envs
         self._t += 1
         self._ret += rew.double()
         trunc = (self._t >= self.horizon) & ~term
@@ -149,14 +186,23 @@ class ImaginedEnv:
         return new_obs, rew.float(), term, trunc, {"final_obs": next_obs, "episode": episode}
 
     @property
+    def cost_keys(self) -> list[str]:
+        """Keys of the costs subtracted from the rewards, in order."""
+        return [k for k, _ in self.costs]
+
+    def mean_cost(self, key: str) -> float:
+        """Mean of cost ``key`` per imagined step so far (0 for an unknown key)."""
+        return self._cost_sums.get(key, 0.0) / max(self._cost_steps, 1)
+
+    @property
     def mean_penalty(self) -> float:
         """Mean reward penalty ``lambda * u`` per imagined step so far (0 when off)."""
-        return self.penalty_sum / max(self.penalty_steps, 1)
+        return self.mean_cost("penalty")
 
     @property
     def mean_state_cost(self) -> float:
         """Mean ``state_cost`` per imagined step so far (0 without one)."""
-        return self.cost_sum / max(self.cost_steps, 1)
+        return self.mean_cost("state_cost")
 
     def close(self) -> None:
         pass

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,12 +70,20 @@ class BaseConfig:
     eval_deterministic: bool = True
     """Evaluate the distribution's mode (True) or sampled actions (False; e.g. MiniGrid,
     where the argmax policy can loop forever)."""
-    checkpoint_every: int = 10
-    """Save a checkpoint every this many iterations (and at the end)."""
+    checkpoint_every_steps: int = 10_000
+    """Save a checkpoint whenever this many real steps have passed since the last one (and at
+    the end of the budget), so a crash loses at most this many steps of work."""
+    checkpoint_every: int | None = None
+    """Older, iteration-based schedule: also save every this many iterations (None = off).
+    Still read from older configs, with a warning; prefer ``checkpoint_every_steps``."""
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        _positive(self, "total_steps", "num_envs", "num_steps", "eval_episodes", "checkpoint_every")
+        _positive(self, "total_steps", "num_envs", "num_steps", "eval_episodes", "checkpoint_every_steps")
+        if self.checkpoint_every is not None:
+            _positive(self, "checkpoint_every")
+            warnings.warn(f"checkpoint_every={self.checkpoint_every} counts iterations; prefer "
+                          "checkpoint_every_steps, which counts real env steps", FutureWarning, stacklevel=2)
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "gae_lambda", 0.0, 1.0)
         if self.eval_every < 0:
@@ -116,6 +125,9 @@ def _in_range(cfg: Any, name: str, lo: float, hi: float) -> None:
 def config_from_dict(cls: type[C], data: dict[str, Any] | None, source: str = "config") -> C:
     """Build ``cls`` from a mapping; unknown keys and wrongly typed values raise ConfigError."""
     data = dict(data or {})
+    upgrade = getattr(cls, "upgrade", None)
+    if upgrade is not None:  # older keys of this config class, mapped to today's
+        data = upgrade(data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -137,6 +149,12 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         return _coerce(name, value, hint, source)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if dataclasses.is_dataclass(value) and isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return config_from_dict(hint, value, source=f"{source}, key {name!r}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise bad

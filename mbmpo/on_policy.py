@@ -1,4 +1,4 @@
-"""Shared on-policy training loop (PPO and TRPO subclass it; MB-MPO reuses its pieces).
+"""Shared on-policy training loop (PPO, TRPO and DPPO subclass it).
 
 One iteration: collect ``num_envs x num_steps`` real steps with the current policy ->
 GAE advantages with time-limit bootstrapping -> algorithm-specific ``update`` -> logging,
@@ -16,39 +16,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mbmpo.algorithm import Algorithm, check_finite
 from mbmpo.buffers import Rollout
-from mbmpo.checkpoint import save_checkpoint
 from mbmpo.config import BaseConfig
-from mbmpo.envs import GymVecEnv, VecNormalize, evaluate_episodes
-from mbmpo.errors import CheckpointError, ConfigError, TrainingError
-from mbmpo.logger import Logger
+from mbmpo.envs import GymVecEnv, evaluate_episodes
+from mbmpo.errors import TrainingError
 from mbmpo.returns import gae
-from mbmpo.runner import (
-    counters,
-    end_iteration,
-    eval_env,
-    eval_seed,
-    load_algorithm,
-    record_evaluation,
-    restore_counters,
-    run_training,
-)
 from mbmpo.sampler import collect
+from mbmpo.wrappers import VecNormalize
 from policies import MLPValue, make_policy
 
-CONSOLE_KEYS = ["iteration", "real_steps", "train/episode_return", "eval_return_mean", "time/sps"]
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-class OnPolicyAlgorithm:
+class OnPolicyAlgorithm(Algorithm):
     """Base of the model-free on-policy baselines.
 
     Args:
@@ -58,18 +37,11 @@ class OnPolicyAlgorithm:
         console: print progress to the console.
     """
 
-    algo_name: ClassVar[str] = ""
-    config_cls: ClassVar[type[BaseConfig]] = BaseConfig
+    console_keys: ClassVar[list[str]] = ["iteration", "real_steps", "train/episode_return", "eval_return_mean",
+                                         "time/sps"]
 
     def __init__(self, config: BaseConfig, out_dir: str | Path | None = None, console: bool = True):
-        if not isinstance(config, self.config_cls):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
-                              f"got {type(config).__name__}")
-        config.validate()
-        self.config = config
-        self.device = resolve_device(config.device)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.console = console
+        super().__init__(config, out_dir, console)
         c = config
         self.env = self._make_env(c.seed)
         self.observation_space = self.env.single_observation_space
@@ -78,15 +50,8 @@ class OnPolicyAlgorithm:
             torch.manual_seed(c.seed)
             self.policy, self.value_fn = self._make_networks()
         self.generator = torch.Generator(self.device).manual_seed(c.seed)
-        self.num_timesteps = 0
-        self.iteration = 0
-        self.wall_time = 0.0
         self._obs: Tensor | None = None
         self._ts: Tensor | None = None
-        self._eval_env: GymVecEnv | None = None
-        self._last_eval_step = 0
-        self._recent_returns: list[float] = []
-        self.logger: Logger | None = None
         self._build_optimizers()
 
     # ----- hooks for subclasses -------------------------------------------------------
@@ -161,15 +126,6 @@ class OnPolicyAlgorithm:
         return gae(rollout.rewards, rollout.extras["value"], next_values, rollout.terminated,
                    rollout.truncated, self.config.gamma, self.config.gae_lambda)
 
-    def learn(self, total_steps: int | None = None) -> OnPolicyAlgorithm:
-        """Train until ``total_steps`` real env steps (the config's budget when None).
-
-        Stops at the first iteration boundary at or after the budget. Calling again with a
-        larger budget (or after :meth:`load`) continues the same run.
-        """
-        run_training(self, total_steps, CONSOLE_KEYS)
-        return self
-
     def _iterate(self, bar) -> None:
         c = self.config
         t0 = time.perf_counter()
@@ -184,26 +140,21 @@ class OnPolicyAlgorithm:
         self.num_timesteps += self.batch_size
         self.wall_time += t2 - t0
         bar.update(self.batch_size)
-        self._recent_returns = (self._recent_returns + rollout.episode_returns)[-20:]
         log = self.logger
         log.record("iteration", self.iteration)
         log.record("real_steps", self.num_timesteps)
         log.record_dict(stats)
-        if self._recent_returns:
-            log.record("train/episode_return", float(np.mean(self._recent_returns)))
+        self.record_train_returns(rollout.episode_returns)
         if rollout.episode_lengths:
             log.record("train/episode_length", float(np.mean(rollout.episode_lengths)))
         log.record("time/collect_s", t1 - t0)
         log.record("time/update_s", t2 - t1)
         log.record("time/sps", self.batch_size / (t2 - t0))
-        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
+        self.end_iteration()
 
     def _check_finite(self, stats: dict[str, float]) -> None:
-        bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)
-               and not k.startswith("train/explained")}
-        params_ok = all(torch.isfinite(p).all() for p in self.policy.parameters())
-        if bad or not params_ok:
-            what = f"{next(iter(bad))}={next(iter(bad.values()))}" if bad else "policy parameters"
+        what = check_finite(stats, self.policy.parameters(), "policy parameters")
+        if what is not None:
             where = (f"; last good checkpoint kept at {self.out_dir / 'checkpoints' / 'last.pt'}"
                      if self.out_dir is not None else "")
             raise TrainingError(f"non-finite {what} at iteration {self.iteration + 1} "
@@ -216,13 +167,13 @@ class OnPolicyAlgorithm:
         These steps are never counted as training steps; observation normalization uses
         the frozen training statistics.
         """
-        env = eval_env(self, num_episodes, env_kwargs=self.config.env_kwargs, device=self.device)
+        env = self.eval_env(num_episodes, env_kwargs=self.config.env_kwargs, device=self.device)
 
         def act(obs: Tensor) -> Tensor:
             dist = self.policy(obs)
             return dist.mode() if deterministic else dist.sample(self.generator)
 
-        return evaluate_episodes(env, act, self.env.normalize_obs, seed=eval_seed(self))
+        return evaluate_episodes(env, act, self.env.normalize_obs, seed=self.eval_seed())
 
     # ----- persistence ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -234,46 +185,15 @@ class OnPolicyAlgorithm:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
             "env_normalizer": self.env.state_dict(),
             "generator": self.generator.get_state(),
-            "counters": counters(self),
+            "counters": self.counters(),
             "extra": self.extra_state(),
         }
 
-    def save(self, path: str | Path) -> None:
-        """Save everything needed to resume: weights, optimizers, normalizers, RNG, counters."""
-        save_checkpoint(path, self.state_dict())
-
-    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        try:
-            self.policy.load_state_dict(state["policy"])
-            self.value_fn.load_state_dict(state["value_fn"])
-            for k, opt in self.optimizers().items():
-                opt.load_state_dict(state["optimizers"][k])
-            self.env.load_state_dict(state["env_normalizer"])
-            self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu"
-                                     else state["generator"])
-            cnt = state["counters"]
-            self.load_extra_state(state.get("extra", {}))
-        except (KeyError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{source} does not match this {self.algo_name} setup: {first}") from None
-        restore_counters(self, cnt)
-
-    @classmethod
-    def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,
-             **overrides: Any):
-        """Rebuild an algorithm from a checkpoint (file or run directory) to resume or act.
-
-        Args:
-            path: checkpoint file or run directory (uses ``checkpoints/last.pt``).
-            out_dir: where a resumed run keeps logging (usually the original run directory).
-            overrides: config fields to change (e.g. ``device``, ``total_steps``).
-        """
-        return load_algorithm(cls, path, out_dir, console, overrides)
-
-    def close(self) -> None:
-        self.env.close()
-        if self._eval_env is not None:
-            self._eval_env.close()
-        if self.logger is not None:
-            self.logger.close()
-
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value_fn.load_state_dict(state["value_fn"])
+        for k, opt in self.optimizers().items():
+            opt.load_state_dict(state["optimizers"][k])
+        self.env.load_state_dict(state["env_normalizer"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.load_extra_state(state.get("extra", {}))

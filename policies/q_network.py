@@ -29,7 +29,7 @@ def action_nvec(space: gym.Space) -> tuple[int, ...]:
         return tuple(int(n) for n in space.nvec)
     raise ValueError(f"action space {space} is not supported by a Q-network: allowed are "
                      "Discrete or a 1-D MultiDiscrete (discretize Box actions with "
-                     "mbmpo.envs.DiscretizeActions)")
+                     "mbmpo.wrappers.DiscretizeActions)")
 
 
 class QNetwork(nn.Module):

@@ -51,7 +51,7 @@ def spd_solve(a: Tensor, b: Tensor) -> Tensor | None:
 
     Not ``torch.linalg.lstsq``: on CPU its LAPACK driver (MKL's gelsy) rounds differently
     depending on where its inputs lie in memory, so the same seeded run gave different
-    baselines, and from there different policies, in different processes (BENCHMARKS 7.35).
+    baselines, and from there different policies, in different processes.
     """
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) != 0:
@@ -94,3 +94,8 @@ class LinearFeatureBaseline(nn.Module):
 
     def forward(self, obs: Tensor, timesteps: Tensor) -> Tensor:
         return self.features(obs, timesteps) @ self.coeffs.to(obs.dtype)
+
+
+def half_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """``0.5 * mean((pred - target)^2)``."""
+    return 0.5 * (pred - target).pow(2).mean()

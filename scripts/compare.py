@@ -48,14 +48,14 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from mbmpo.analysis import (  # noqa: E402
+from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
+from mbmpo.errors import ConfigError  # noqa: E402
+from mbmpo.report import (  # noqa: E402
     ReportSettings,
     env_dirname,
     read_progress,
     write_report,
 )
-from mbmpo.config import config_from_dict, load_yaml  # noqa: E402
-from mbmpo.errors import ConfigError  # noqa: E402
 from scripts._common import run_main  # noqa: E402
 
 TRAIN = ROOT / "scripts" / "train.py"

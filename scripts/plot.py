@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mbmpo.analysis import export_comparison, load_run, write_report  # noqa: E402
 from mbmpo.errors import ConfigError  # noqa: E402
-from mbmpo.plotting import plot_runs  # noqa: E402
+from mbmpo.report import export_comparison, load_run, write_report  # noqa: E402
+from mbmpo.report.plots import plot_runs  # noqa: E402
 from scripts._common import run_main  # noqa: E402
 
 

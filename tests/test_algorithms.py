@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.func import functional_call
 
 from mbmpo import PPO, TRPO, PPOConfig, TRPOConfig
 from mbmpo.errors import CheckpointError, TrainingError
@@ -50,11 +51,65 @@ def test_seeded_runs_are_identical_and_seeds_differ():
     assert not torch.equal(params_of(a), params_of(c))
 
 
+def hand_policy_loss(algo, params, obs, act, old_logp, adv, old_dist, objective, beta):
+    """Policy loss of one full-batch PPO step, written out from the PPO paper (eqs. 6-8)."""
+    dist = functional_call(algo.policy, params, (obs,))
+    ratio = torch.exp(dist.log_prob(act) - old_logp)
+    eps = algo.config.clip_coef
+    if objective == "clip":
+        return -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv).mean()
+    if objective == "none":
+        return -(ratio * adv).mean()
+    # KL[pi_old || pi] of two diagonal Gaussians, closed form
+    var_old, var = (2 * old_dist.log_std).exp(), (2 * dist.log_std).exp()
+    kl = 0.5 * ((var_old + (old_dist.mean - dist.mean) ** 2) / var - 1).sum(-1) \
+        + (dist.log_std - old_dist.log_std).sum(-1)
+    return -(ratio * adv).mean() + beta * kl.mean()
+
+
 @pytest.mark.parametrize("objective", ["none", "clip", "adaptive_kl", "fixed_kl"])
-def test_every_surrogate_objective_runs(objective):
-    algo = PPO(pm_ppo(objective=objective, kl_coef=1.0), console=False)
+def test_each_surrogate_objective_gives_its_own_gradient(objective):
+    # Full-batch minibatches, raw advantages, no grad clipping and a large step size, so that
+    # after the first Adam step the ratios leave [1 - eps, 1 + eps] and the objectives differ.
+    # Every policy gradient PPO applies is checked against each objective computed by hand:
+    # it must match its own and, at some step, differ from the other two.
+    algo = PPO(pm_ppo(objective=objective, kl_coef=1.0, minibatch_size=480, update_epochs=4,
+                      learning_rate=0.05, anneal_lr=False, norm_adv=False, max_grad_norm=0.0),
+               console=False)
+    names = [n for n, _ in algo.policy.named_parameters()]
+    steps, batch = [], {}
+    real_update, real_step = algo.update, algo.optimizer.step
+
+    def update(rollout, advantages, returns):
+        batch.update(obs=rollout.flat("obs"), act=rollout.flat("actions"),
+                     old_logp=rollout.flat("log_prob"), adv=advantages.reshape(-1), beta=algo.kl_coef)
+        return real_update(rollout, advantages, returns)
+
+    def step(*args, **kwargs):
+        steps.append({n: (p.detach().clone(), p.grad.detach().clone())
+                      for n, p in algo.policy.named_parameters()})
+        return real_step(*args, **kwargs)
+
+    algo.update, algo.optimizer.step = update, step
     algo.learn(480)
-    assert torch.isfinite(params_of(algo)).all()
+    assert torch.isfinite(params_of(algo)).all() and len(steps) == 4
+    with torch.no_grad():
+        old_dist = functional_call(algo.policy, {n: steps[0][n][0] for n in names}, (batch["obs"],))
+    own = "kl" if objective.endswith("_kl") else objective
+    differs = {o: False for o in ("none", "clip", "kl") if o != own}
+    for rec in steps:
+        params = {n: rec[n][0].requires_grad_() for n in names}
+        got = torch.cat([rec[n][1].flatten() for n in names])
+        for o in (own, *differs):
+            loss = hand_policy_loss(algo, params, batch["obs"], batch["act"], batch["old_logp"],
+                                    batch["adv"], old_dist, o, batch["beta"])
+            want = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(params.values()))])
+            err = (got - want).norm() / want.norm()
+            if o == own:
+                assert err < 1e-4, f"PPO's gradient is not the {o} objective's: relative error {err:.2e}"
+            elif err > 1e-2:
+                differs[o] = True
+    assert all(differs.values()), f"the {objective} update never differed from {differs}"
     if objective == "fixed_kl":
         assert algo.kl_coef == 1.0
 
@@ -110,7 +165,7 @@ def test_mismatched_checkpoint_is_rejected(tmp_path):
 
 def test_resume_continues_counters_optimizer_and_log(tmp_path):
     run = tmp_path / "run"
-    algo = PPO(pm_ppo(checkpoint_every=1, eval_every=480), out_dir=run, console=False)
+    algo = PPO(pm_ppo(checkpoint_every_steps=1, eval_every=480), out_dir=run, console=False)
     algo.learn(960)
     algo.close()
     resumed = PPO.load(run, out_dir=run, console=False)
@@ -126,7 +181,7 @@ def test_resume_continues_counters_optimizer_and_log(tmp_path):
 
 def test_nan_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     run = tmp_path / "run"
-    algo = PPO(pm_ppo(checkpoint_every=1), out_dir=run, console=False)
+    algo = PPO(pm_ppo(checkpoint_every_steps=1), out_dir=run, console=False)
     algo.learn(480)
     ckpt = run / "checkpoints" / "last.pt"
     good = ckpt.read_bytes()

@@ -1,4 +1,4 @@
-"""mbmpo.analysis: aggregation over seeds against hand-computed numbers, thresholds, ratios,
+"""mbmpo.report: aggregation over seeds against hand-computed numbers, thresholds, ratios,
 normalized scores, malformed runs and the report files."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mbmpo.analysis import (
+from mbmpo.errors import ConfigError
+from mbmpo.report import (
     ReportSettings,
     aggregate,
     bootstrap_ci,
@@ -33,7 +34,6 @@ from mbmpo.analysis import (
     value_at,
     write_report,
 )
-from mbmpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mbmpo.analysis import read_progress
 from mbmpo.errors import ConfigError, MBMPOError
+from mbmpo.report import read_progress
 from scripts import compare, plot, train
 from tests.procs import HAVE_PROC, child_pids, running
 from tests.test_analysis import write_progress
@@ -132,7 +132,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
     assert all(compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)["max_kl"] == 0.01 for k in ("mbmpo", "mbmpo_prob"))
     ab = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_ablation.yaml"))
     cfgs = {k: compare.run_config(v, "HalfCheetah-v5", ab) for k, v in ab.variants.items()}
-    # session 22: the ablations on today's preset change only their own fields against it
+    # the ablations on today's preset change only their own fields against it
     preset = yaml.safe_load((ROOT / "scripts/configs/halfcheetah_mbmpo.yaml").read_text())
     for label, own in {"mbmpo_pre22_k1": {"num_models": 1}, "mbmpo_pre22_alpha0": {"inner_lr": 0.0},
                        "mbmpo_pre22_ppo_outer": {"outer": "ppo", "inner_kl_coef": 0.0005}}.items():
@@ -146,11 +146,11 @@ def test_spec_files_shipped_are_valid(tmp_path):
                                             "mbmpo_prob_pen5_focus0.25", "mbmpo_prob_pen5_tv",
                                             "mbmpo_prob_pen5_tvimag", "mbmpo_prob_pen5_tvimag_fall5"))
     assert set(kls.values()) == {0.01}
-    # session 15's screens change one thing each against the preset (30 meta-steps, 500 steps per env, 32x32)
+    # the screens change one thing each against the preset (30 meta-steps, 500 steps per env, 32x32)
     assert [cfgs[k]["num_meta_steps"] for k in ("mbmpo_prob_kl0.02", "mbmpo_prob_meta60", "mbmpo_prob_meta15")] == [30, 60, 15]
     assert (cfgs["mbmpo_prob_it1k"]["num_steps"], cfgs["mbmpo_prob_it1k"]["num_meta_steps"]) == (250, 15)
     assert list(cfgs["mbmpo_prob_pi64"]["hidden_sizes"]) == [64, 64]
-    # session 16: the preset penalizes imagined rewards (model_penalty 5.0); every label measured
+    # the preset penalizes imagined rewards (model_penalty 5.0); every label measured
     # without the penalty pins it off, the screens set their own
     pens = {k: c["model_penalty"] for k, c in cfgs.items()}
     assert [pens.pop(k) for k in ("mbmpo_prob_pen1", "mbmpo_prob_pen5", "mbmpo_prob_pen10",
@@ -158,22 +158,22 @@ def test_spec_files_shipped_are_valid(tmp_path):
                                   "mbmpo_prob_pen5_focus0.25", "mbmpo_prob_pen5_tv",
                                   "mbmpo_prob_pen5_tvimag", "mbmpo_prob_pen5_tvimag_fall5")] == [1.0, 5.0, 10.0, 5.0, 7.5, 5.0, 5.0, 5.0, 5.0]
     assert set(pens.values()) == {0.0}
-    # session 17: the penalized preset with a floor under the std; every other penalized label has none
+    # the penalized preset with a floor under the std; every other penalized label has none
     stds = {k: c.get("min_std", 0.0) for k, c in cfgs.items() if k.startswith("mbmpo_prob_pen")}
     assert stds == {"mbmpo_prob_pen1": 0.0, "mbmpo_prob_pen5": 0.0, "mbmpo_prob_pen10": 0.0, "mbmpo_prob_pen5_std0.15": 0.15,
                     "mbmpo_prob_pen7.5": 0.0, "mbmpo_prob_pen5_focus0.25": 0.0, "mbmpo_prob_pen5_tv": 0.0,
                     "mbmpo_prob_pen5_tvimag": 0.0, "mbmpo_prob_pen5_tvimag_fall5": 0.0}
-    # session 18: focused imagined starts on one label only
+    # focused imagined starts on one label only
     focus = {k: c.get("focus_fraction", 0.0) for k, c in cfgs.items()}
     assert focus.pop("mbmpo_prob_pen5_focus0.25") == 0.25 and set(focus.values()) == {0.0}
     tv = {k: (c.get("terminal_value", "off"), c.get("terminal_value_epochs", 5)) for k, c in cfgs.items()}
     assert tv.pop("mbmpo_prob_pen5_tv") == ("real", 10) and tv.pop("mbmpo_prob_pen5_tvimag") == ("imagined", 2)
     assert tv.pop("mbmpo_prob_pen5_tvimag_fall5") == ("imagined", 2)
     assert {on for on, _ in tv.values()} == {"off"}  # the preset's epochs (2) are unused when off
-    # session 20: the fall-hazard cost on one label only
+    # the fall-hazard cost on one label only
     falls = {k: c.get("fall_penalty", 0.0) for k, c in cfgs.items()}
     assert falls.pop("mbmpo_prob_pen5_tvimag_fall5") == 5.0 and set(falls.values()) == {0.0}
-    # session 22: that label is the preset, so it matches the preset file field for field
+    # that label is the preset, so it matches the preset file field for field
     assert all(cfgs["mbmpo_prob_pen5_tvimag_fall5"][k] == v for k, v in preset.items() if k not in compare.RESERVED)
     hc_cfgs = {k: compare.run_config(hc.variants[k], "HalfCheetah-v5", hc)
                for k in ("mbmpo", "mbmpo_prob", "mbmpo_prob_kl0.02", "mbmpo_prob_pen5", "mbmpo_prob_pen5_tvimag_fall5")}
@@ -189,7 +189,7 @@ def test_spec_files_shipped_are_valid(tmp_path):
 
 
 def test_hopper_walker_labels_keep_the_settings_they_were_measured_with(tmp_path):
-    # session 27: the Hopper preset took mbmpo_tvimag_g995_std0.3's settings; every older label
+    # the Hopper preset took mbmpo_tvimag_g995_std0.3's settings; every older label
     # pins the values before it, which on Walker2d-v5 are that preset's own
     hw = plan_for(tmp_path, "--spec", str(ROOT / "scripts/configs/compare/mbmpo_hopper_walker.yaml"))
     keys = ("gamma", "terminal_value", "terminal_value_epochs", "min_std")

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from mbmpo import distributed
-from mbmpo.baselines.dppo import DPPO, DPPOConfig, adapt_kl_coef, adapt_kl_coef_per_worker
+from mbmpo.baselines.dppo import DPPO, DPPOConfig, adapt_kl_coef_per_worker
 from mbmpo.buffers import from_windows, to_windows
 from mbmpo.checkpoint import load_checkpoint
 from mbmpo.errors import ConfigError
+from mbmpo.kl_penalty import adapt_kl_coef
 from mbmpo.normalization import RunningMeanStd, merge_new_moments, pack_new_moments
 from mbmpo.returns import k_step_returns
 from policies.recurrent import RecurrentCore
@@ -406,8 +407,9 @@ def _reduce_job(out_dir: str) -> None:
     import torch.distributed as dist
 
     rank, world = distributed.rank_and_world_size()
-    assert distributed._SHM is not None and distributed._SHM.world == world
-    assert distributed._SHM.buf.shape[-1] == 1 << 20
+    reducer = distributed.shared_memory_reducer()
+    assert reducer is not None and reducer.world == world
+    assert reducer.buf.shape[-1] == 1 << 20
     res = _reduce_inputs(rank)
     gloo = res["randn"].clone()
     for t in res.values():  # 'big' is 1.2 MB: two chunks through the 1 MB slots

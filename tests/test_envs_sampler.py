@@ -1,3 +1,5 @@
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -5,14 +7,14 @@ import torch
 
 from mbmpo.envs import (
     GymVecEnv,
-    MiniGridFlatObs,
-    VecNormalize,
     check_env_id,
     check_spaces,
     evaluate_episodes,
+    make_env_fn,
 )
 from mbmpo.errors import ConfigError
 from mbmpo.sampler import collect
+from mbmpo.wrappers import MiniGridFlatObs, VecNormalize
 
 
 def zero_policy(obs):
@@ -94,3 +96,64 @@ def test_minigrid_flat_observation():
     assert isinstance(venv.single_action_space, gym.spaces.Discrete)
     assert venv.reset().shape == (2, 151)
     venv.close()
+
+
+# ----- a quiet console: MuJoCo's 'settotalmass' deprecation warning -----------------------------
+SETTOTALMASS = "compiler attribute 'settotalmass' is deprecated"
+
+
+def _unfiltered_make_warns(capfd) -> bool:
+    """Whether this MuJoCo prints the deprecation when gymnasium makes HalfCheetah directly."""
+    gym.make("HalfCheetah-v5").close()
+    out, err = capfd.readouterr()
+    return SETTOTALMASS in out + err
+
+
+def test_making_halfcheetah_through_the_library_prints_no_settotalmass_warning(capfd, monkeypatch,
+                                                                                tmp_path):
+    monkeypatch.chdir(tmp_path)  # MuJoCo's own handler also appends its warnings to MUJOCO_LOG.TXT
+    if not _unfiltered_make_warns(capfd):
+        pytest.skip("this MuJoCo version does not warn about 'settotalmass'")
+    (tmp_path / "MUJOCO_LOG.TXT").unlink(missing_ok=True)
+    import mujoco
+
+    before = mujoco.get_mju_user_warning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_env_fn("HalfCheetah-v5")().close()
+        make_env_fn("mbmpo/HalfCheetahNoVel-v5")().close()
+        venv = GymVecEnv("HalfCheetah-v5", 2, seed=0)
+        venv.reset()
+        venv.close()
+    out, err = capfd.readouterr()
+    assert SETTOTALMASS not in out + err  # MuJoCo prints it from C, on fd 2
+    assert not [w for w in caught if "settotalmass" in str(w.message)]
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is before  # the warning callback is restored
+    # outside the library's env creation MuJoCo keeps warning as before
+    assert _unfiltered_make_warns(capfd)
+
+
+class _MujocoWarnsOnMake(gym.Env):
+    """A test env whose construction makes MuJoCo warn about something else (a NaN position)."""
+
+    def __init__(self):
+        import mujoco
+
+        model = mujoco.MjModel.from_xml_string(
+            "<mujoco><worldbody><body><freejoint/><geom size='0.1'/></body></worldbody></mujoco>")
+        data = mujoco.MjData(model)
+        data.qpos[0] = float("nan")
+        mujoco.mj_checkPos(model, data)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+def test_other_mujoco_warnings_still_reach_the_console_and_the_log(capfd, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    if "mbmpo_test/MujocoWarns-v0" not in gym.registry:
+        gym.register("mbmpo_test/MujocoWarns-v0", entry_point=_MujocoWarnsOnMake)
+    make_env_fn("mbmpo_test/MujocoWarns-v0")().close()
+    _, err = capfd.readouterr()
+    assert "WARNING: " in err and "QPOS" in err
+    assert "QPOS" in (tmp_path / "MUJOCO_LOG.TXT").read_text()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mbmpo import Gorila, GorilaConfig
-from mbmpo.baselines.gorila_core import (
+from mbmpo.baselines.gorila import (
     BundleCore,
     LossFilter,
     ParamClient,
@@ -34,9 +34,9 @@ from mbmpo.baselines.gorila_core import (
     td_targets,
 )
 from mbmpo.buffers import ReplayBuffer
-from mbmpo.envs import DiscretizeActions, GymVecEnv, bins_to_actions, evaluate_episodes
+from mbmpo.envs import GymVecEnv, evaluate_episodes
 from mbmpo.errors import CheckpointError, ConfigError
-from mbmpo.runner import eval_seed
+from mbmpo.wrappers import DiscretizeActions, bins_to_actions
 from policies.q_network import QNetwork, action_nvec, epsilon_greedy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_discretization_maps_bins_onto_the_action_bounds():
 
 
 def test_vector_env_takes_discretized_actions():
-    from mbmpo.envs import discretize_wrapper
+    from mbmpo.wrappers import discretize_wrapper
 
     venv = GymVecEnv("Pendulum-v1", 2, seed=0, wrapper=discretize_wrapper(3, "joint"))
     assert venv.single_action_space == gym.spaces.Discrete(3)
@@ -333,7 +333,7 @@ def test_evaluation_with_normalized_observations_acts_like_predict_on_the_raw_en
     assert float(stats["count"]) > 0 and not torch.allclose(stats["mean"], torch.zeros_like(stats["mean"]), atol=0.05)
     got, _ = algo.evaluate(3)
     raw = GymVecEnv("Pendulum-v1", 3, seed=0)  # no discretization: predict maps bins to torques
-    want, _ = evaluate_episodes(raw, lambda o: torch.as_tensor(algo.predict(o.numpy())), seed=eval_seed(algo))
+    want, _ = evaluate_episodes(raw, lambda o: torch.as_tensor(algo.predict(o.numpy())), seed=algo.eval_seed())
     raw.close()
     algo.close()
     assert np.allclose(got, want, rtol=0, atol=1e-6), (got, want)
@@ -384,7 +384,7 @@ def test_missing_ray_gives_the_install_line(monkeypatch, tmp_path):
 
 def test_importing_mbmpo_does_not_import_ray():
     code = ("import sys, mbmpo; mbmpo.ALGORITHMS; from mbmpo import Gorila, GorilaConfig; "
-            "import mbmpo.baselines.gorila_core; assert 'ray' not in sys.modules, 'ray imported'")
+            "import mbmpo.baselines.gorila.workers; assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from mbmpo import MBMPO, MBMPOConfig
+from mbmpo.config import config_from_dict
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
-from mbmpo.hazard import fit_hazard, hazard_cost
+from mbmpo.mbmpo.extensions.fall_hazard import fit_hazard, hazard_cost
+from mbmpo.mbmpo.extensions.focus_starts import focus_rows
+from mbmpo.mbmpo.outer import outer_trpo, surrogate_and_kl
+from mbmpo.meta import forward_per_task
 from mbmpo.sampler import collect
 from policies.value import MLPValue
 
@@ -17,9 +21,10 @@ def pm_config(**kw):
                 num_models=2, model_hidden_sizes=(32, 32), model_max_epochs=30, model_batch_size=64,
                 model_early_stop_ema=0.5, meta_batch_size=4, rollouts_per_task=8, imagined_horizon=30,
                 num_meta_steps=3, hidden_sizes=(16,), inner_lr=0.05, max_kl=0.05, gamma=0.95,
-                eval_every=0, eval_episodes=4, eval_adapted=False, imagined_init="dataset")
+                eval_every=0, eval_episodes=4, eval_adapted=False, imagined_init="dataset",
+                normalize_obs=False, init_log_std=0.0)
     base.update(kw)
-    return MBMPOConfig(**base)
+    return config_from_dict(MBMPOConfig, base)  # older flat plug-in keys are read as well
 
 
 def flat(algo):
@@ -27,15 +32,33 @@ def flat(algo):
 
 
 def test_trpo_outer_step_respects_the_kl_bound():
+    """The KL between the post-update policies that sampled and those theta'_k(theta_new) gives,
+    recomputed here after each step, stays within the bound; steps are taken (not all rejected)."""
     algo = MBMPO(pm_config(max_kl=0.002), console=False)
-    algo._collect_real()
+    algo.collect_real()
     algo.fit_models()
+    accepted = 0
     for _ in range(4):
+        with torch.no_grad():
+            pre = algo.task_batch(collect(algo.imagined_env(), algo.pre_policy_fn, algo.config.imagined_horizon))
+        adapted = algo.adapt(pre, create_graph=False)
+        with torch.no_grad():
+            post = algo.task_batch(collect(algo.imagined_env(), algo.adapted_policy_fn(adapted),
+                                           algo.config.imagined_horizon))
+            post.dist = forward_per_task(algo.policy, adapted, post.obs).detach()
         before = flat(algo).clone()
-        stats = algo.meta_step()
-        assert stats["meta/kl"] <= 0.002 + 1e-7
+        stats = outer_trpo(algo.policy, algo.outer_params(), lambda b: algo.adapt(b, create_graph=True), pre, post,
+                           algo.config, algo.generator)
+        _, kl = surrogate_and_kl(algo.policy, lambda b: algo.adapt(b, create_graph=True), pre, post)
+        measured = kl().item()
+        assert measured <= 0.002 * (1 + 1e-4)
         if stats["meta/step_accepted"]:
-            assert not torch.equal(before, flat(algo))
+            accepted += 1
+            assert not torch.equal(before, flat(algo)) and measured > 1e-5
+            assert measured == pytest.approx(stats["meta/kl"], rel=1e-3)
+        else:
+            assert torch.equal(before, flat(algo))
+    assert accepted >= 2, "the bound must be met by taking steps, not by rejecting them"
 
 
 def test_seeded_runs_are_identical():
@@ -63,10 +86,10 @@ def test_resume_gives_the_same_next_iteration(tmp_path, split, model_type, extra
     resumed.learn(180)
     assert torch.equal(flat(full), flat(resumed))
     assert torch.equal(full.dataset.arrays()["obs"], resumed.dataset.arrays()["obs"])
-    for net in ("terminal_value", "hazard"):  # fitted nets are in the checkpoint
-        if getattr(full, net) is not None:
-            assert torch.equal(torch.cat([p.flatten() for p in getattr(full, net).parameters()]),
-                               torch.cat([p.flatten() for p in getattr(resumed, net).parameters()]))
+    for plugin in full.plugins:  # fitted nets are in the checkpoint
+        if hasattr(plugin, "net"):
+            assert torch.equal(torch.cat([p.flatten() for p in plugin.net.parameters()]),
+                               torch.cat([p.flatten() for p in resumed.plugin(plugin.name).net.parameters()]))
     if "fall_penalty" in extra:
         assert torch.equal(full.dataset.arrays()["fall_ahead"].nan_to_num(-1),
                            resumed.dataset.arrays()["fall_ahead"].nan_to_num(-1))
@@ -108,17 +131,26 @@ def test_learns_point_mass_end_to_end(model_type):
     assert after > -8.0 > before, (before, after)
 
 
-def test_first_order_ppo_outer_learned_inner_lr_and_mlp_baseline_run():
-    for kw in (dict(first_order=True), dict(outer="ppo", outer_epochs=2), dict(learn_inner_lr=True),
-               dict(baseline="mlp", baseline_epochs=1)):
+def test_first_order_ppo_outer_learned_inner_lr_and_mlp_baseline_change_the_update():
+    """Each option changes the first outer step against the same seeded default run."""
+    def first_step(**kw):
         algo = MBMPO(pm_config(num_meta_steps=1, **kw), console=False)
-        algo.learn(150)
+        algo.learn(150)  # warm-up (120) + one iteration with one meta-step
         assert torch.isfinite(flat(algo)).all()
+        return algo
+
+    default = first_step()
+    for kw in (dict(first_order=True), dict(outer="ppo", outer_epochs=2), dict(baseline="mlp", baseline_epochs=1)):
+        assert not torch.allclose(flat(first_step(**kw)), flat(default), atol=1e-7), kw
+    learned = first_step(learn_inner_lr=True)
+    # Meta-SGD: the outer step moves the per-parameter step sizes away from their common start
+    lrs = torch.cat([v.detach().flatten() for v in learned.inner_lr.values()])
+    assert (lrs != learned.config.inner_lr).any() and lrs.std() > 0
 
 
 def _ppo_meta_step(**kw):
     algo = MBMPO(pm_config(outer="ppo", outer_epochs=4, outer_learning_rate=0.01, **kw), console=False)
-    algo._collect_real()
+    algo.collect_real()
     algo.fit_models()
     return algo, algo.meta_step()
 
@@ -162,22 +194,23 @@ def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward
     assert float(row["value/td_loss"]) >= 0 and float(row["time/value_fit_s"]) > 0
     # the point mass's reward is a negative distance: so is the mean value of the states fitted on
     assert float(row["value/mean"]) < 0 and float(row["imagined/terminal_value"]) != 0
-    roll = collect(algo._imagined_env(), algo._pre_policy_fn, algo.config.imagined_horizon)
-    fitted = algo._task_batch(roll)
+    roll = collect(algo.imagined_env(), algo.pre_policy_fn, algo.config.imagined_horizon)
+    fitted = algo.task_batch(roll)
     # V = 2 everywhere: the batch is that of the same rollouts ending (terminated) with gamma * 2 more reward
     gamma = algo.config.gamma
+    tv = algo.plugin("terminal_value")
     with torch.no_grad():
-        for p in algo.terminal_value.parameters():
+        for p in tv.net.parameters():
             p.zero_()
-        algo.terminal_value.net[-1].bias.fill_(2.0 * (1 - gamma))
-    const = algo._task_batch(roll)
-    algo.terminal_value = None
+        tv.net.net[-1].bias.fill_(2.0 * (1 - gamma))
+    const = algo.task_batch(roll)
+    algo.plugins.remove(tv)
     rewards, terminated = roll.rewards.clone(), roll.terminated.clone()
     rewards[-1] += gamma * 2.0 * ~roll.terminated[-1]
     terminated[-1] = True
-    by_hand = algo._task_batch(dataclasses.replace(roll, rewards=rewards, terminated=terminated))
+    by_hand = algo.task_batch(dataclasses.replace(roll, rewards=rewards, terminated=terminated))
     assert torch.allclose(const.adv, by_hand.adv, atol=1e-5)
-    assert not torch.allclose(fitted.adv, algo._task_batch(roll).adv, atol=1e-3)
+    assert not torch.allclose(fitted.adv, algo.task_batch(roll).adv, atol=1e-3)
 
 
 def test_fall_hazard_is_labelled_fitted_and_costs_imagined_rewards(tmp_path):
@@ -193,10 +226,10 @@ def test_fall_hazard_is_labelled_fitted_and_costs_imagined_rewards(tmp_path):
     assert 0 < float(row["imagined/fall_cost"]) < 2.0  # c * p, with 0 < p < 1
     obs = algo.dataset.arrays()["next_obs"][:7]
     with torch.no_grad():
-        p = torch.sigmoid(algo.hazard(algo.features(obs).float()))
-    assert torch.allclose(algo._fall_cost(obs), 2.0 * p)
-    env = algo._imagined_env()  # the imagined reward is net of the cost
-    assert env.state_cost is not None and env.state_cost(obs).shape == (7,)
+        p = torch.sigmoid(algo.plugin("fall_hazard").net(algo.features(obs).float()))
+    assert torch.allclose(algo.plugin("fall_hazard").cost_of(obs), 2.0 * p)
+    env = algo.imagined_env()  # the imagined reward is net of the cost
+    assert env.cost_keys == ["imagined/fall_cost"]
 
 
 def test_fit_hazard_learns_a_separable_rate_and_skips_unknown_rows():
@@ -223,12 +256,12 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     data = algo.dataset.arrays()
     assert data["priority"].shape == (180,) and bool((data["priority"] >= 0).all())
     rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
-    assert int(rows[-1]["imagined/focus_rows"]) == len(algo._focus_rows(data["priority"])) <= 1
+    assert int(rows[-1]["imagined/focus_rows"]) == len(focus_rows(data["priority"], 0.01)) <= 1
     with torch.no_grad():  # one row stands out: half the starts, spread over the batch, are it
         algo.dataset.columns["priority"].zero_()
         algo.dataset.columns["priority"][7] = 3.0
         algo.dataset.obs[7] = 123.0
-    starts = algo._init_fn(40, torch.Generator().manual_seed(0))
+    starts = algo.init_states_fn(40, torch.Generator().manual_seed(0))
     hits = (starts == 123.0).all(1)
     assert int(hits.sum()) == 20 and 0 < int(hits[:20].sum()) < 20
     algo.save(tmp_path / "ck.pt")
@@ -237,8 +270,8 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     assert torch.equal(back.dataset.arrays()["priority"], algo.dataset.arrays()["priority"])
     with torch.no_grad():
         back.dataset.columns["priority"].zero_()  # no drop anywhere: no focus rows, every start uniform
-    assert len(back._focus_rows(back.dataset.arrays()["priority"])) == 0
-    assert int((back._init_fn(400, torch.Generator().manual_seed(0)) == 123.0).all(1).sum()) < 20
+    assert len(focus_rows(back.dataset.arrays()["priority"], 0.01)) == 0
+    assert int((back.init_states_fn(400, torch.Generator().manual_seed(0)) == 123.0).all(1).sum()) < 20
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -250,16 +283,17 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
     (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
     (dict(model_split="bootstrap"), r"model_split 'bootstrap' is not allowed; use one of \['resample', 'persistent'\]"),
-    (dict(model_penalty=-0.5), r"model_penalty must be a finite number >= 0 \(0 = off\), got -0.5"),
-    (dict(model_uncertainty="max"), r"model_uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"),
-    (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "model_uncertainty 'aleatoric' needs model_type 'probabilistic'"),
+    (dict(model_penalty=-0.5), r"uncertainty_penalty.coef must be a finite number >= 0 \(0 = off\), got -0.5"),
+    (dict(model_uncertainty="max"), r"uncertainty_penalty.uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"),
+    (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "uncertainty_penalty.uncertainty 'aleatoric' needs model_type 'probabilistic'"),
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
-    (dict(focus_fraction=1.5), r"focus_fraction must be in \[0, 1\], focus_quantile in \(0, 1\] and focus_window >= 1, got 1.5"),
-    (dict(focus_fraction=0.2, imagined_init="reset"), "focus_fraction 0.2 needs imagined_init 'dataset', got 'reset'"),
-    (dict(fall_penalty=float("nan")), r"fall_penalty must be a finite number >= 0 \(0 = off\) and fall_min_drop > 0, got nan, 2.0"),
-    (dict(fall_penalty=1.0, fall_min_drop=0.0), r"fall_penalty must be .* and fall_min_drop > 0, got 1.0, 0.0"),
-    (dict(fall_window=0), "fall_window must be > 0"),
-    (dict(terminal_value="yes"), r"terminal_value 'yes' is not allowed; use one of \['off', 'real', 'imagined'\]"),
+    (dict(focus_fraction=1.5), r"focus_starts.fraction must be in \[0, 1\], focus_starts.quantile in \(0, 1\] and focus_starts.window >= 1, got 1.5"),
+    (dict(focus_fraction=0.2, imagined_init="reset"), "focus_starts.fraction 0.2 needs imagined_init 'dataset', got 'reset'"),
+    (dict(fall_penalty=float("nan")), r"fall_hazard.cost must be a finite number >= 0 \(0 = off\) and fall_hazard.min_drop > 0, got nan, 2.0"),
+    (dict(fall_penalty=1.0, fall_min_drop=0.0), r"fall_hazard.cost must be .* and fall_hazard.min_drop > 0, got 1.0, 0.0"),
+    (dict(fall_window=0), "fall_hazard.window must be > 0"),
+    (dict(terminal_value="yes"), r"terminal_value.fit_on 'yes' is not allowed; use one of \['off', 'real', 'imagined'\]"),
+    (dict(terminal_value={"fit_on": "real", "epoch": 2}), "unknown config key 'epoch'"),
 ])
 def test_bad_input_is_named(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -112,8 +112,7 @@ def test_linear_feature_baseline_fits_linear_function_of_features():
 
 def test_baseline_solve_does_not_depend_on_memory_alignment():
     # MKL's least-squares driver (gelsy, torch.linalg.lstsq) rounds differently for inputs at
-    # different addresses, which made seeded Hopper runs differ between processes (BENCHMARKS
-    # 7.35); the baseline's solve must give bit-identical results wherever its inputs lie
+    # different addresses, which made seeded Hopper runs differ between processes; the baseline's solve must give bit-identical results wherever its inputs lie
     gen = torch.Generator().manual_seed(0)
     obs = torch.randn(100, 12, generator=gen, dtype=torch.float64)
     x = LinearFeatureBaseline.features(obs, torch.arange(100))

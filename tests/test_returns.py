@@ -1,14 +1,8 @@
 import pytest
 import torch
 
-from mbmpo.returns import (
-    discount_cumsum,
-    explained_variance,
-    fall_ahead,
-    gae,
-    normalize_advantages,
-    reward_drop,
-)
+from mbmpo.mbmpo.extensions.falls import fall_ahead, reward_drop
+from mbmpo.returns import discount_cumsum, explained_variance, gae, normalize_advantages
 
 
 def test_discount_cumsum_matches_hand_computation():

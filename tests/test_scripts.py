@@ -1,5 +1,6 @@
 """Each script end-to-end with a tiny budget, plus one-line errors for bad input."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import gymnasium
 import torch
 import yaml
+
+from mbmpo import TRPO, TRPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-steps", "64", "--minibatch-size", "32", "--update-epochs", "1", "--hidden-sizes", "16",
@@ -54,11 +57,45 @@ def test_train_resume_evaluate_plot(tmp_path):
 
 
 def test_trpo_from_preset(tmp_path):
+    # the committed preset, with three values moved off TRPOConfig's defaults (the preset's own
+    # values equal the defaults today, so a preset that failed to load would go unseen)
+    preset = yaml.safe_load((ROOT / "scripts" / "configs" / "halfcheetah_trpo.yaml").read_text())
+    preset.update(max_kl=0.002, gae_lambda=0.9, cg_damping=0.05)
+    defaults = TRPOConfig()
+    assert all(getattr(defaults, k) != preset[k] for k in ("max_kl", "gae_lambda", "cg_damping"))
+    preset_path = tmp_path / "trpo.yaml"
+    preset_path.write_text(yaml.safe_dump(preset))
     out = tmp_path / "trpo"
-    run("scripts/train.py", "--preset", "scripts/configs/halfcheetah_trpo.yaml", "--env", "Pendulum-v1",
+    overrides = {"env_id": "Pendulum-v1", "total_steps": 200, "num_steps": 200, "vf_epochs": 1,
+                 "eval_episodes": 1}
+    run("scripts/train.py", "--preset", str(preset_path), "--env", "Pendulum-v1",
         "--total-steps", "200", "--num-steps", "200", "--vf-epochs", "1", "--eval-episodes", "1",
         "--out", str(out))
-    assert "algo: trpo" in (out / "config.yaml").read_text()
+    # the preset's values, under the command line's overrides, are the run's config
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["algo"] == "trpo"
+    for key, value in {**preset, **overrides}.items():
+        assert config[key] == value, (key, config[key], value)
+    # one TRPO iteration ran: its trust-region step was accepted, improved the surrogate and
+    # kept the mean KL within the preset's max_kl
+    rows = list(csv.DictReader((out / "progress.csv").open()))
+    assert len(rows) == 1 and int(rows[0]["real_steps"]) == 200
+    row = {k: float(v) for k, v in rows[0].items() if v}
+    assert row["train/step_accepted"] == 1.0
+    assert 0.0 < row["train/kl"] <= preset["max_kl"]
+    assert row["loss/surrogate_after"] > row["loss/surrogate_before"]
+    assert row["train/expected_improve"] > 0.0
+    # and the saved policy is no longer the seeded initial one
+    trained = TRPO.load(out / "checkpoints" / "last.pt", console=False)
+    initial = TRPO(trained.config, console=False)
+    assert trained.num_timesteps == 200 and trained.config.max_kl == preset["max_kl"]
+    again = TRPO(trained.config, console=False)
+    assert all(torch.equal(a, b) for a, b in zip(initial.policy.parameters(), again.policy.parameters()))
+    moved = [n for (n, a), b in zip(trained.policy.named_parameters(), initial.policy.parameters())
+             if not torch.equal(a, b)]
+    assert moved, "TRPO's accepted step did not change the policy"
+    for algo in (trained, initial, again):
+        algo.close()
 
 
 def test_bad_input_gives_one_clear_line(tmp_path):

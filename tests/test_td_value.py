@@ -1,6 +1,6 @@
 import torch
 
-from mbmpo.td_value import fit_td_value, td_targets, terminal_values
+from mbmpo.mbmpo.extensions.terminal_value import fit_td_value, td_targets, terminal_values
 from policies import MLPValue
 
 

@@ -22,6 +22,7 @@ from mbmpo.buffers import Rollout
 from mbmpo.config import BaseConfig, _in_range, _positive
 from mbmpo.errors import ConfigError
 from mbmpo.kl_penalty import ppo_adapt_kl_coef
+from mbmpo.objectives import clipped_surrogate
 from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, normalize_advantages
 
@@ -134,9 +135,10 @@ class PPO(OnPolicyAlgorithm):
                 logratio = dist.log_prob(e_act[mb]) - e_logp[mb]
                 ratio = logratio.exp()
                 mb_adv = normalize_advantages(e_adv[mb]) if c.norm_adv else e_adv[mb]
-                pg = ratio * mb_adv
                 if c.objective == "clip":
-                    pg = torch.min(pg, ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef) * mb_adv)
+                    pg = clipped_surrogate(ratio, mb_adv, c.clip_coef)
+                else:
+                    pg = ratio * mb_adv
                 pg_loss = -pg.mean()
                 if use_kl:
                     pg_loss = pg_loss + self.kl_coef * e_old.index(mb).kl(dist).mean()

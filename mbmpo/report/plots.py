@@ -1,13 +1,12 @@
-"""Learning-curve plots from ``progress.csv`` files (matplotlib, headless).
+"""Learning-curve plots from ``progress.csv`` files and report summaries (matplotlib, headless).
 
-Parsing and statistics live in :mod:`mbmpo.analysis`; this module only draws."""
+Parsing and statistics live in the other modules of :mod:`mbmpo.report`; this module only draws."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.ticker
@@ -16,12 +15,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mbmpo.analysis import eval_curve, read_progress  # noqa: E402  (re-exported)
+from mbmpo.report.runs import eval_curve, read_progress  # noqa: E402
+from mbmpo.report.summary import GroupSummary  # noqa: E402
 
-if TYPE_CHECKING:
-    from mbmpo.analysis import GroupSummary
-
-__all__ = ["eval_curve", "plot_comparison", "plot_runs", "read_progress"]
+__all__ = ["plot_comparison", "plot_runs"]
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, title: str = "",

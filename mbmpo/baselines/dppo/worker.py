@@ -28,9 +28,9 @@ with truncated BPTT over the K-step windows: each window starts from the hidden 
 recorded while collecting (states are carried across windows and iterations, and reset at
 episode starts), and no gradient flows into earlier windows.
 
-Launching: :func:`launch` spawns W local processes (loopback) or, under ``torchrun``, runs
-as one of its workers. Rank 0 logs, evaluates (with all workers sharing the episodes) and
-checkpoints; a resumed run may use a different W.
+Launching: :func:`mbmpo.baselines.dppo.launch` spawns W local processes (loopback) or,
+under ``torchrun``, runs as one of its workers. Rank 0 logs, evaluates (with all workers
+sharing the episodes) and checkpoints; a resumed run may use a different W.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,114 +46,17 @@ import torch
 from torch import Tensor, nn
 
 from mbmpo import distributed
+from mbmpo.baselines.dppo.config import DPPOConfig
 from mbmpo.buffers import Rollout, concat_rollouts, from_windows, to_windows
-from mbmpo.checkpoint import load_checkpoint, resolve_checkpoint_path
-from mbmpo.config import BaseConfig, _positive, config_from_dict
-from mbmpo.envs import VecNormalize, evaluate_episodes
-from mbmpo.errors import CheckpointError, ConfigError
+from mbmpo.envs import evaluate_episodes
+from mbmpo.errors import ConfigError
 from mbmpo.kl_penalty import adapt_kl_coef
 from mbmpo.normalization import merge_new_moments, pack_new_moments
 from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, k_step_returns, normalize_advantages
-from mbmpo.runner import (
-    algorithm_from_state,
-    end_iteration,
-    eval_env,
-    eval_seed,
-    record_evaluation,
-)
 from mbmpo.sampler import collect
+from mbmpo.wrappers import VecNormalize
 from policies import RecurrentGaussianPolicy, RecurrentValue
-
-POLICY_TYPES = ("mlp", "gru", "lstm")
-KL_COEF_RULES = ("per_worker", "mean")
-
-
-@dataclass
-class DPPOConfig(BaseConfig):
-    """DPPO settings. Sources of the defaults: [H] Heess et al. 2017, appendix A (constants as
-    in ../shared/REFERENCE.md); [S] Schulman et al. 2017, PPO's adaptive KL penalty; [L] this
-    library's choice where [H] gives no value."""
-
-    num_steps: int = 1000
-    """T: steps per env copy per worker per iteration [L]."""
-    gae_lambda: float = 1.0
-    """Lambda inside each K-step window; 1.0 is the plain K-step return of [H]."""
-    window_length: int = 10
-    """K: window of the K-step returns and of truncated BPTT [L]; num_steps must be a multiple."""
-    policy_iters: int = 10
-    """M: policy sub-iterations (passes over the batch) per iteration [L]."""
-    value_iters: int = 10
-    """B: value-function sub-iterations per iteration [L]."""
-    num_minibatches: int = 1
-    """Gradient steps per sub-iteration (1 = one full-batch step, as in [H]). Every worker
-    takes the same number, so the gradient all_reduce calls line up."""
-    learning_rate: float = 3e-4
-    """Adam learning rate of the policy [L]."""
-    value_learning_rate: float = 1e-3
-    """Adam learning rate of the value function [L]."""
-    adam_eps: float = 1e-5
-    """Adam epsilon."""
-    anneal_lr: bool = False
-    """Anneal both learning rates linearly to 0 over the training budget."""
-    max_grad_norm: float = 0.0
-    """Clip the averaged gradient to this global norm (0 disables; [H] does not clip)."""
-    kl_target: float = 0.01
-    """KL_target of the penalty and of the lambda rule (PPO's d_targ [S])."""
-    kl_coef: float = 1.0
-    """Initial KL penalty coefficient lambda [S]."""
-    kl_alpha: float = 1.5
-    """alpha: lambda is multiplied/divided by it [H]."""
-    kl_beta_high: float = 2.0
-    """beta_high: raise lambda when KL > beta_high * KL_target [H]."""
-    kl_beta_low: float = 0.5
-    """beta_low: lower lambda when KL < beta_low * KL_target [H]."""
-    kl_hinge_coef: float = 1000.0
-    """xi: weight of the max(0, KL - 2 KL_target)^2 hinge [H]."""
-    kl_stop_factor: float = 4.0
-    """Stop the policy sub-iterations once KL > this * KL_target ([H], worker algorithm); 0 disables."""
-    kl_coef_rule: str = "per_worker"
-    """Lambda update: 'per_worker' ([H]: each worker's KL moves the shared lambda by
-    alpha_hat = 1 + (alpha - 1) / W) or 'mean' (one x alpha / : alpha step on the mean KL)."""
-    num_report: int = 0
-    """D: update once D of the W workers have finished collecting; the others stop early
-    (straggler preemption). 0 means D = W (fully synchronous) [H]."""
-    straggler_check_windows: int = 5
-    """With D < W, a worker checks the finished-worker counter every this many K-step windows."""
-    policy_type: str = "mlp"
-    """'mlp' (feed-forward) or a recurrent 'gru' / 'lstm' policy and value function."""
-    rnn_size: int = 64
-    """Hidden units of the recurrent cell (hidden_sizes / value_hidden_sizes are the MLP heads)."""
-    collective_timeout_s: float = 120.0
-    """Seconds a collective may wait for a hung worker before the run stops with an error
-    (a worker that dies is noticed at once by the launcher, which stops the others)."""
-    shared_memory_allreduce: bool = True
-    """Local runs (``--workers W``): sum gradients and statistics through shared memory
-    instead of gloo (same sums; about 0.2 ms instead of 2 ms per call on this machine). Runs
-    under torchrun always use the process group's backend."""
-
-    def validate(self) -> None:
-        super().validate()
-        _positive(self, "window_length", "policy_iters", "value_iters", "num_minibatches",
-                  "learning_rate", "value_learning_rate", "adam_eps", "kl_target", "rnn_size",
-                  "straggler_check_windows", "collective_timeout_s")
-        if self.num_steps % self.window_length:
-            raise ConfigError(f"num_steps {self.num_steps} must be a multiple of window_length "
-                              f"{self.window_length}")
-        if not self.kl_alpha > 1:
-            raise ConfigError(f"kl_alpha must be > 1, got {self.kl_alpha}")
-        if not 0 < self.kl_beta_low < self.kl_beta_high:
-            raise ConfigError(f"need 0 < kl_beta_low < kl_beta_high, got {self.kl_beta_low}, "
-                              f"{self.kl_beta_high}")
-        for name in ("kl_coef", "kl_hinge_coef", "kl_stop_factor", "max_grad_norm", "num_report"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.kl_coef_rule not in KL_COEF_RULES:
-            raise ConfigError(f"kl_coef_rule {self.kl_coef_rule!r} is not allowed; use one of "
-                              f"{list(KL_COEF_RULES)}")
-        if self.policy_type not in POLICY_TYPES:
-            raise ConfigError(f"policy_type {self.policy_type!r} is not allowed; use one of "
-                              f"{list(POLICY_TYPES)}")
 
 
 # ----- the lambda rule (pure functions; the single-learner rule is mbmpo.kl_penalty.adapt_kl_coef) --
@@ -358,9 +260,9 @@ class DPPO(OnPolicyAlgorithm):
         lo, hi = num_episodes * rank // world, num_episodes * (rank + 1) // world
         out = torch.zeros(2, num_episodes, dtype=torch.float64)
         if hi > lo:
-            env = eval_env(self, hi - lo, env_kwargs=self.config.env_kwargs, device=self.device)
+            env = self.eval_env(hi - lo, env_kwargs=self.config.env_kwargs, device=self.device)
             rets, lens = evaluate_episodes(env, self._act_fn(deterministic, hi - lo),
-                                           self.env.normalize_obs, seed=eval_seed(self) + lo)
+                                           self.env.normalize_obs, seed=self.eval_seed() + lo)
             out[0, lo:hi] = torch.as_tensor(rets, dtype=torch.float64)
             out[1, lo:hi] = torch.as_tensor(lens, dtype=torch.float64)
         self._all_reduce(out)
@@ -612,7 +514,6 @@ class DPPO(OnPolicyAlgorithm):
         return (self.config.seed * 1_000_003 + self.rank * 7919 + self.iteration * 104_729) % 2**62
 
     def _iterate(self, bar) -> None:
-        c = self.config
         self._comm_s = 0.0
         t0 = time.perf_counter()
         self.generator.manual_seed(self._iteration_seed())
@@ -649,77 +550,5 @@ class DPPO(OnPolicyAlgorithm):
         log.record("dist/steps_per_iteration", counts["steps"])
         log.record("time/iteration_s", t3 - t0)
         log.record("time/sps", counts["steps"] / (t3 - t0))
-        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes, c.eval_deterministic)))
+        self.end_iteration()
 
-
-# ----- launching ------------------------------------------------------------------------------
-def _worker(config: dict[str, Any] | None, out_dir: str, resume: bool, overrides: dict[str, Any]) -> None:
-    """Body of one worker process (called inside the process group)."""
-    rank, _ = distributed.rank_and_world_size()
-    if resume:
-        path = resolve_checkpoint_path(out_dir)
-        # rank 0 reads the file; the others get it over the group (no shared disk needed)
-        state = distributed.broadcast_object(load_checkpoint(path) if rank == 0 else None)
-        algo = algorithm_from_state(DPPO, state, str(path), out_dir, rank == 0, overrides)
-    else:
-        algo = DPPO(config_from_dict(DPPOConfig, config, source="launcher"), out_dir=out_dir,
-                    console=rank == 0)
-    try:
-        algo.learn(algo.config.total_steps)
-    finally:
-        algo.close()
-
-
-def launch(out_dir: str | Path, config: DPPOConfig | None = None, *, resume: bool = False,
-           overrides: dict[str, Any] | None = None, num_workers: int | None = None,
-           threads: int = 1) -> bool:
-    """Train DPPO with W workers: spawn W local processes, or run as this torchrun worker.
-
-    Args:
-        out_dir: run directory (rank 0 writes logs and checkpoints there).
-        config: the run's config (fresh runs).
-        resume: continue the run in ``out_dir`` from its last checkpoint; ``overrides``
-            change config fields (e.g. ``total_steps``). W may differ from the earlier run.
-        num_workers: W for local runs (default 1; on resume the earlier run's W). Ignored
-            under torchrun, where W is torchrun's world size.
-        threads: torch CPU threads per worker.
-
-    Returns:
-        True in the process that should post-process the run (the local launcher, or rank 0
-        under torchrun).
-
-    Raises:
-        WorkerError: a worker died or crashed (the message names its rank); the last
-            checkpoint is left intact.
-    """
-    out_dir = str(out_dir)
-    if resume:
-        state = load_checkpoint(out_dir)
-        if state.get("algo") != DPPO.algo_name:
-            raise CheckpointError(f"run {out_dir!r} holds algo {state.get('algo')!r}, not 'dppo'")
-        cfg = config_from_dict(DPPOConfig, {**state["config"], **(overrides or {})},
-                               source=f"checkpoint {out_dir}")
-        if num_workers is None:
-            num_workers = int(state.get("extra", {}).get("world_size", 1))
-        job = (None, out_dir, True, dict(overrides or {}))
-    else:
-        if config is None:
-            raise ConfigError("launch() needs a config for a fresh run (or resume=True)")
-        cfg = config
-        job = (config.to_dict(), out_dir, False, {})
-    cfg.validate()  # a bad config fails here once, not in W processes
-    ckpt = Path(out_dir) / "checkpoints" / "last.pt"
-
-    def hint() -> str:  # built when a failure is reported: the checkpoint may be newer
-        if not ckpt.exists():
-            return "; no checkpoint was written yet"
-        return (f"; the last checkpoint is intact: {ckpt} (continue with: "
-                f"python scripts/train.py --resume {out_dir} [--workers W])")
-
-    kwargs = dict(threads=threads, backend=distributed.default_backend(cfg.device),
-                  timeout_s=cfg.collective_timeout_s, failure_hint=hint)
-    if distributed.under_torchrun():
-        return distributed.run_under_torchrun(_worker, job, **kwargs) == 0
-    distributed.spawn(_worker, job, 1 if num_workers is None else num_workers,
-                      shared_memory=cfg.shared_memory_allreduce, **kwargs)
-    return True

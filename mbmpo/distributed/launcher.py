@@ -1,10 +1,10 @@
-"""torch.distributed plumbing for DPPO: process-group setup, the local launcher and its
-watchdog, torchrun detection, and collectives on flat tensors.
+"""Running DPPO workers: the local launcher and its watchdog, and one worker under torchrun.
 
 Local runs spawn W processes (``torch.multiprocessing``, start method ``spawn``) that meet
-on 127.0.0.1 (``GLOO_SOCKET_IFNAME=lo``) at a free port. Under ``torchrun`` the environment
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) is already set
-and this process is one of the workers, so nothing is spawned.
+on 127.0.0.1 (``GLOO_SOCKET_IFNAME=lo``) at a free port, each with a
+:class:`~mbmpo.distributed.reducer.SharedMemoryReducer` for its sums unless disabled. Under
+``torchrun`` this process is one of the workers, so nothing is spawned
+(:func:`run_under_torchrun`).
 
 Failure handling: a worker that loses a peer gets an error at its next collective
 (immediately when the peer's process died; after ``timeout_s`` when it hangs) and exits with
@@ -15,20 +15,6 @@ the rest and raises one :class:`WorkerError` naming the rank that failed first. 
 never outlive the launcher: a SIGTERM to the launcher stops them before it exits, and each
 worker exits on its own within a second of the launcher vanishing (SIGKILL, OOM killer),
 so a resumed run never shares its directory with orphans of the old one.
-
-Sums on one machine: gloo's all_reduce costs about 1 ms median, 2 ms mean and 4 ms at the
-90th percentile per call here, whatever the size up to 50k floats, while the shared-memory sum
-below, with one pipe message to and from each peer, takes 0.2 ms: the cost is gloo's hand-offs
-between its threads (``benchmarks/allreduce_latency.py``). DPPO calls
-it once per minibatch step, so ``spawn`` also gives its workers a :class:`SharedMemoryReducer`
-(every worker writes its tensor into shared memory, one barrier, every worker adds the W
-slots in rank order) and :func:`all_reduce_sum_` uses it for CPU tensors. Everything else
-(broadcasts, the store, failure detection by the watchdog) stays on the process group, and
-workers started by ``torchrun`` (possibly on several machines) use gloo/nccl for all of it.
-
-The default process group is process-global in torch; its key-value store (used for the
-straggler counter) and the shared-memory reducer are kept next to it in this module for the
-same lifetime.
 """
 
 from __future__ import annotations
@@ -41,15 +27,19 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import Tensor
 
 from mbmpo import errors
+from mbmpo.distributed.process_group import (
+    init,
+    is_peer_failure,
+    set_shared_memory_reducer,
+    shutdown,
+)
+from mbmpo.distributed.reducer import SharedMemoryReducer
 from mbmpo.errors import MBMPOError, TrainingError
 
 PEER_LOST_EXIT = 75
@@ -57,13 +47,6 @@ PEER_LOST_EXIT = 75
 
 LAUNCHER_LOST_EXIT = 76
 """Exit status of a worker that stopped because the process that spawned it is gone."""
-
-_STORE: Any = None
-_SHM: SharedMemoryReducer | None = None
-
-
-class PeerLostError(RuntimeError):
-    """A collective could not complete: another worker failed or did not arrive in time."""
 
 
 class WorkerError(TrainingError):
@@ -74,196 +57,6 @@ class WorkerError(TrainingError):
         self.rank = rank
 
 
-def under_torchrun() -> bool:
-    """True when torchrun (or another launcher with the same contract) started this process."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
-
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """``(rank, W)`` of the default process group; ``(0, 1)`` without one."""
-    if is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init(backend: str = "gloo", timeout_s: float = 120.0) -> tuple[int, int]:
-    """Join the default process group via the ``env://`` rendezvous; returns ``(rank, W)``.
-
-    ``timeout_s`` bounds every collective and store operation, so a hung peer ends the run
-    with an error instead of a hang.
-    """
-    global _STORE
-    timeout = timedelta(seconds=timeout_s)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store, rank, world = next(dist.rendezvous("env://", rank, world, timeout=timeout))
-    store.set_timeout(timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
-                            world_size=world, timeout=timeout)
-    # torchrun's agent store outlives worker restarts: keep each restart's keys apart
-    _STORE = dist.PrefixStore(f"mbmpo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    return rank, world
-
-
-def shutdown() -> None:
-    global _STORE, _SHM
-    _STORE = None
-    _SHM = None
-    if is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - a failed peer can make teardown raise; nothing to save
-            pass
-
-
-def store() -> Any:
-    """The key-value store of the default process group."""
-    if _STORE is not None:
-        return _STORE
-    if is_initialized():  # the group was created by someone else: use torch's own store
-        return dist.PrefixStore("mbmpo", dist.distributed_c10d._get_default_store())
-    raise RuntimeError("no process group: call mbmpo.distributed.init() first")
-
-
-# ----- collectives (no-ops without a process group) ----------------------------------------
-class SharedMemoryReducer:
-    """All-reduce (sum) among the W processes of one machine through shared memory.
-
-    Data: two slots of ``[W, capacity_bytes]`` shared bytes, used in turn. A call writes this
-    worker's row of the current slot, passes a barrier, and adds the W rows in rank order,
-    so every worker computes the same bytes. A worker writes a slot again only two calls
-    later, after the barrier of the call in between, which every worker passes only once it
-    has read that slot: one barrier per call suffices. Tensors larger than the capacity go
-    through in chunks.
-
-    Barrier: one duplex pipe per pair of workers; each worker sends one byte to every peer
-    and reads one from every peer (one hop, about 0.05 ms here). The pipes are also the
-    failure detector: when a peer's process dies its end closes and the read fails at once;
-    a peer that does not arrive within ``timeout_s`` ends the wait with an error too.
-
-    :meth:`create` (in the launcher) returns one reducer per rank; each holds only its own
-    pipe ends, and the launcher closes its copies once the workers have started.
-    """
-
-    def __init__(self, buf: Tensor, rank: int, links: dict[int, Any], timeout_s: float = 120.0):
-        self.buf, self.rank, self.links, self.timeout_s = buf, rank, links, timeout_s
-        self.world = buf.shape[1]
-        self.calls = 0
-
-    @staticmethod
-    def create(world: int, ctx: Any, capacity_bytes: int = 1 << 20) -> list[SharedMemoryReducer]:
-        if capacity_bytes % 8:
-            raise ValueError(f"capacity_bytes must be a multiple of 8, got {capacity_bytes}")
-        buf = torch.zeros(2, world, capacity_bytes, dtype=torch.uint8).share_memory_()
-        links: list[dict[int, Any]] = [{} for _ in range(world)]
-        for i in range(world):
-            for j in range(i + 1, world):
-                links[i][j], links[j][i] = ctx.Pipe(duplex=True)
-        return [SharedMemoryReducer(buf, r, links[r]) for r in range(world)]
-
-    def close(self) -> None:
-        for conn in self.links.values():
-            conn.close()
-
-    def supports(self, t: Tensor) -> bool:
-        return t.device.type == "cpu" and t.dtype != torch.bool
-
-    def _barrier(self) -> None:
-        peer = -1
-        try:
-            for peer, conn in self.links.items():  # noqa: B007 (the except clause names the peer)
-                conn.send_bytes(b"\0")
-            deadline = time.monotonic() + self.timeout_s
-            for peer, conn in self.links.items():
-                if not conn.poll(max(0.0, deadline - time.monotonic())):
-                    raise PeerLostError(f"worker rank {peer} did not reach the shared-memory all_reduce "
-                                        f"within {self.timeout_s:g} s (timed out)")
-                conn.recv_bytes()
-        except (EOFError, OSError) as exc:  # the peer's end closed: its process is gone
-            raise PeerLostError(f"worker rank {peer} is gone (shared-memory all_reduce: "
-                                f"{type(exc).__name__})") from None
-
-    def all_reduce_sum_(self, t: Tensor) -> Tensor:
-        """Sum ``t`` over the workers in place; raises :class:`PeerLostError` if one fails."""
-        flat = t.detach().reshape(-1)
-        size = t.element_size()
-        per_chunk = self.buf.shape[-1] // size
-        total = torch.empty_like(flat)
-        for start in range(0, flat.numel(), per_chunk):
-            part = flat[start : start + per_chunk]
-            rows = self.buf[self.calls % 2, :, : part.numel() * size].view(t.dtype)  # [W, n]
-            rows[self.rank].copy_(part)
-            self.calls += 1
-            self._barrier()
-            acc = total[start : start + part.numel()]
-            acc.copy_(rows[0])
-            for r in range(1, self.world):
-                acc += rows[r]
-        with torch.no_grad():
-            t.copy_(total.view_as(t))
-        return t
-
-
-def all_reduce_sum_(t: Tensor) -> Tensor:
-    """Sum ``t`` over workers in place (every worker gets the same bytes)."""
-    if is_initialized() and dist.get_world_size() > 1:
-        if _SHM is not None and _SHM.supports(t):
-            _SHM.all_reduce_sum_(t)
-        elif dist.get_backend() == "nccl" and t.device.type != "cuda":  # nccl reduces GPU tensors
-            g = t.cuda()
-            dist.all_reduce(g)
-            t.copy_(g)
-        else:
-            dist.all_reduce(t)
-    return t
-
-
-def default_backend(device: str) -> str:
-    """``nccl`` for a CUDA run (one GPU per worker: cuda:LOCAL_RANK), else ``gloo``."""
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return "nccl" if cuda and dist.is_nccl_available() else "gloo"
-
-
-def broadcast_tensors_(tensors: Iterable[Tensor], src: int = 0) -> None:
-    """Overwrite ``tensors`` on every worker with rank ``src``'s values (one message per dtype)."""
-    if not (is_initialized() and dist.get_world_size() > 1):
-        return
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for group in by_dtype.values():
-        flat = torch.cat([t.detach().reshape(-1) for t in group])
-        dist.broadcast(flat, src)
-        i = 0
-        with torch.no_grad():
-            for t in group:
-                t.copy_(flat[i : i + t.numel()].view_as(t))
-                i += t.numel()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every worker (pickled; for checkpoints and small metadata)."""
-    if not (is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src)
-    return box[0]
-
-
-def is_peer_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` means another worker (or the connection to it) failed."""
-    if isinstance(exc, (PeerLostError, getattr(dist, "DistError", ()))):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        k in text for k in ("connection closed by peer", "connection reset", "broken pipe",
-                            "timed out", "timeout", "gloo", "nccl", "socket"))
-
-
-# ----- running workers ---------------------------------------------------------------------
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -272,7 +65,6 @@ def _first_line(exc: BaseException) -> str:
 def _run_worker(fn: Callable[..., Any], args: tuple, threads: int, backend: str, timeout_s: float,
                 report: Callable[[tuple], None], reducer: SharedMemoryReducer | None = None) -> int:
     """Run ``fn(*args)`` inside the process group; returns the exit status, reports failures."""
-    global _SHM
     rank = int(os.environ["RANK"])
     torch.set_num_threads(max(1, threads))
     try:
@@ -281,7 +73,7 @@ def _run_worker(fn: Callable[..., Any], args: tuple, threads: int, backend: str,
         init(backend, timeout_s)
         if reducer is not None:
             reducer.timeout_s = timeout_s
-        _SHM = reducer
+        set_shared_memory_reducer(reducer)
         fn(*args)
         return 0
     except MBMPOError as exc:
@@ -494,4 +286,3 @@ def run_under_torchrun(fn: Callable[..., Any], args: tuple, threads: int = 1, ba
     if kind == "peer_lost":
         raise WorkerError(f"DPPO worker rank {rank} lost contact with another worker ({msg}){hint}",
                           rank=rank)
-    raise WorkerError(f"DPPO worker rank {rank} crashed with {etype}: {msg}{hint}", rank=rank)

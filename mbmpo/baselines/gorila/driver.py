@@ -1,36 +1,12 @@
-"""Gorila: distributed DQN with a parameter server (Nair et al. 2015, arXiv 1507.04296) on Ray.
-
-Processes (Ray actors; the classes live in :mod:`mbmpo.baselines.gorila_core`):
-
-* ``num_param_shards`` parameter-server shards holding the Q-network parameters; each
-  applies gradients asynchronously with AdaGrad and drops gradients computed on parameters
-  more than ``max_staleness`` versions old;
-* ``num_actors`` acting processes (ε-greedy, parameters synced every ``sync_every`` steps)
-  writing to their local replay memory or to one global replay actor (``replay``);
-* ``num_learners`` learners (DQN or double-DQN gradients against a target network
-  refreshed every ``target_update_every`` server updates; gradients whose loss exceeds
-  the running mean + ``loss_outlier_k`` std are dropped);
-* or, with ``mode="bundled"``, ``num_actors`` bundles of actor + local replay + learner.
-
-The driver (this module's :class:`Gorila`) hands out chunks of work (``num_steps`` acting
-steps, ``updates_per_call`` updates), keeps the real-step budget and the learner-update
-ratio ``updates_per_step``, logs, evaluates and checkpoints. Ray restarts a crashed actor,
-learner or bundle (``max_restarts``) and re-runs its chunk; a restarted server shard reloads
-its state from the run's last checkpoint. The driver logs every restart it sees.
-
-Ray is an optional dependency and is imported only when training starts, so ``import
-mbmpo`` never imports it; loading a checkpoint to evaluate or predict needs no Ray.
-"""
+"""The Gorila driver (:class:`Gorila`): starts the Ray processes, hands out chunks of work,
+keeps the step budget and the update ratio, logs, evaluates and checkpoints."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,251 +17,31 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
-from mbmpo.baselines.gorila_core import (
-    ActorCore,
-    BundleCore,
-    ByRef,
-    LearnerCore,
+from mbmpo.algorithm import Algorithm, resolve_device
+from mbmpo.baselines.gorila.config import GorilaConfig
+from mbmpo.baselines.gorila.dqn import linear_epsilon
+from mbmpo.baselines.gorila.ray_support import ByRef, init_ray, require_ray
+from mbmpo.baselines.gorila.replay import RemoteReplay, ReplayMemory
+from mbmpo.baselines.gorila.server import (
     ParamClient,
     ParameterServer,
-    RemoteReplay,
-    ReplayMemory,
-    WorkerSpec,
     initial_server_states,
-    linear_epsilon,
     shard_sizes,
 )
-from mbmpo.checkpoint import save_checkpoint
-from mbmpo.config import BaseConfig, _in_range, _positive
-from mbmpo.envs import (
-    FACTORIZATIONS,
-    GymVecEnv,
-    bin_values,
-    bins_to_actions,
-    check_spaces,
-    discretize_wrapper,
-    evaluate_episodes,
-    expand_bins,
-    make_env_fn,
-)
-from mbmpo.errors import CheckpointError, ConfigError, TrainingError
+from mbmpo.baselines.gorila.workers import ActorCore, BundleCore, LearnerCore, WorkerSpec
+from mbmpo.config import BaseConfig
+from mbmpo.envs import check_spaces, evaluate_episodes, make_env_fn
+from mbmpo.errors import CheckpointError, TrainingError
 from mbmpo.normalization import RunningMeanStd
-from mbmpo.on_policy import resolve_device
-from mbmpo.runner import (
-    counters,
-    end_iteration,
-    eval_env,
-    eval_seed,
-    load_algorithm,
-    record_evaluation,
-    restore_counters,
-    run_training,
-)
+from mbmpo.wrappers import bin_values, bins_to_actions, discretize_wrapper, expand_bins
 from policies.q_network import action_nvec, epsilon_greedy
 
 CONSOLE_KEYS = ["iteration", "real_steps", "train/episode_return", "eval_return_mean", "time/sps",
                 "learner/updates_per_s"]
-MODES = ("distributed", "bundled")
-REPLAYS = ("local", "global")
-RAY_INSTALL_HINT = "pip install -e '.[ray]' (or: pip install 'ray>=2.9')"
 
 
-@dataclass
-class GorilaConfig(BaseConfig):
-    """Gorila settings. Inherited fields used: env_id, seed, total_steps, num_envs (env copies
-    per acting process), num_steps (acting steps per chunk), vectorization, env_kwargs, gamma,
-    hidden_sizes, activation, ortho_init, normalize_obs, clip_obs, eval_*, checkpoint_every;
-    gae_lambda, value_hidden_sizes and init_log_std are ignored."""
-
-    num_steps: int = 100
-    """Vector steps an acting process takes per chunk of work handed out by the driver."""
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Q-network MLP hidden layer sizes."""
-    activation: str = "relu"
-    """Q-network hidden activation."""
-    ortho_init: bool = False
-    """Orthogonal initialization of the Q-network (PyTorch's default init when False)."""
-    normalize_obs: bool = False
-    """Normalize observations with running statistics merged on the parameter server."""
-    normalize_reward: bool = False
-    """Not supported by Gorila (must stay False)."""
-    num_actors: int = 2
-    """Acting processes (bundles in bundled mode)."""
-    num_learners: int = 1
-    """Learner processes (must equal num_actors in bundled mode)."""
-    num_param_shards: int = 1
-    """Parameter-server shards the flat parameter vector is split over."""
-    mode: str = "distributed"
-    """'distributed' (separate actor and learner processes) or 'bundled' (actor + local replay
-    + learner in one process, the paper's bundled mode)."""
-    replay: str = "local"
-    """'local': a replay memory inside each acting process, learner j samples actor j mod N's;
-    'global': one replay actor shared by all actors and learners."""
-    replay_capacity: int = 100_000
-    """Transitions per replay memory (each local one, or the global one)."""
-    batch_size: int = 64
-    """Transitions per gradient."""
-    learning_starts: int = 1000
-    """Real steps taken before learners start."""
-    updates_per_step: float = 0.25
-    """Learner updates (over all learners) per real env step after learning_starts, e.g. DQN's
-    1 update per 4 steps = 0.25. Held both ways: learners never get ahead of it and acting
-    pauses while learners lag more than updates_per_call each behind it, so sample
-    efficiency does not depend on process speeds. 0: no coupling, every process runs flat
-    out as in the paper (the learning per env step then depends on the machine)."""
-    updates_per_call: int = 50
-    """Updates a learner makes per chunk of work (one replay round trip per chunk)."""
-    learning_rate: float = 0.01
-    """AdaGrad step size on the parameter server."""
-    adagrad_eps: float = 1e-10
-    """AdaGrad epsilon."""
-    initial_accumulator: float = 0.0
-    """Initial AdaGrad accumulator (torch default 0; TensorFlow uses 0.1)."""
-    max_staleness: int = 10
-    """Drop gradients computed on parameters more than this many server updates old."""
-    loss_outlier_k: float = 3.0
-    """Drop a gradient whose |loss| exceeds the learner's running mean + k std (<= 0 disables)."""
-    outlier_warmup: int = 100
-    """Losses a learner sees before the outlier rule applies."""
-    double_q: bool = True
-    """Double-DQN targets (the online network picks the next action); plain DQN when False."""
-    target_update_every: int = 500
-    """Server updates between target-network refreshes (a global count, as in the paper)."""
-    max_grad_norm: float = 10.0
-    """Clip each gradient's norm before it is pushed (<= 0 disables)."""
-    sync_every: int = 50
-    """Acting steps between parameter syncs of an acting process."""
-    epsilon_start: float = 1.0
-    """Initial exploration rate."""
-    epsilon_end: float = 0.05
-    """Final exploration rate (also used for stochastic evaluation)."""
-    epsilon_decay_steps: int = 10_000
-    """Real steps over which epsilon is annealed linearly."""
-    action_bins: tuple[int, ...] = (11,)
-    """Box action spaces only: bins per joint (one value for all joints, or one per joint);
-    bin 0 is the lower, the last the upper action bound."""
-    action_factorization: str = "factorized"
-    """Box action spaces only: 'factorized' (one Q-head per joint, MultiDiscrete) or 'joint'
-    (one Q-value per combination of joint bins)."""
-    log_every: int = 5000
-    """Real steps between rows of progress.csv (one 'iteration' of the driver)."""
-    checkpoint_replay: bool = False
-    """Also store the replay memories in checkpoints (resume without refilling them)."""
-    max_restarts: int = 3
-    """Ray restarts per actor, learner or bundle after a crash (-1: unlimited)."""
-    cpus_per_worker: float = 0.0
-    """Logical CPUs Ray reserves per process (0 packs all onto one machine; use 1 on a
-    cluster so Ray spreads them)."""
-    ray_num_cpus: int = 0
-    """CPUs of a local Ray instance (0: all cores); ignored when RAY_ADDRESS joins a cluster."""
-    worker_threads: int = 1
-    """torch threads in each Ray process."""
-    worker_timeout_s: float = 600.0
-    """Abort when no chunk of work finishes for this long."""
-
-    def validate(self) -> None:
-        super().validate()
-        _positive(self, "num_actors", "num_learners", "num_param_shards", "replay_capacity",
-                  "batch_size", "updates_per_call", "learning_rate", "adagrad_eps", "sync_every",
-                  "target_update_every", "log_every", "worker_threads", "worker_timeout_s")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r} is not allowed; use one of {list(MODES)}")
-        if self.replay not in REPLAYS:
-            raise ConfigError(f"replay {self.replay!r} is not allowed; use one of {list(REPLAYS)}")
-        if self.mode == "bundled" and self.replay == "global":
-            raise ConfigError("replay 'global' cannot be combined with mode 'bundled' (a bundle "
-                              "holds its own local replay memory)")
-        if self.mode == "bundled" and self.num_learners != self.num_actors:
-            raise ConfigError(f"mode 'bundled' runs one learner per actor: num_learners must equal "
-                              f"num_actors, got {self.num_learners} and {self.num_actors}")
-        if self.normalize_reward:
-            raise ConfigError("normalize_reward is not supported by gorila; set it to false")
-        if self.action_factorization not in FACTORIZATIONS:
-            raise ConfigError(f"action_factorization {self.action_factorization!r} is not allowed; "
-                              f"use one of {list(FACTORIZATIONS)}")
-        if not self.action_bins or any(int(b) < 2 for b in self.action_bins):
-            raise ConfigError(f"action_bins must hold counts >= 2, got {list(self.action_bins)}")
-        for name in ("learning_starts", "max_staleness", "outlier_warmup", "epsilon_decay_steps",
-                     "initial_accumulator", "updates_per_step", "cpus_per_worker", "ray_num_cpus"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_restarts < -1:
-            raise ConfigError(f"max_restarts must be >= -1, got {self.max_restarts}")
-        _in_range(self, "epsilon_start", 0.0, 1.0)
-        _in_range(self, "epsilon_end", 0.0, 1.0)
-        if self.device not in ("cpu", "auto"):
-            raise ConfigError(f"device {self.device!r} is not supported by gorila: its processes "
-                              "run on the CPU; use 'cpu'")
-
-
-# ----- Ray -------------------------------------------------------------------------------------
-
-def require_ray() -> Any:
-    """Import Ray with loopback-safe settings; a missing install is a one-line ConfigError."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"gorila needs Ray, which is not installed: {RAY_INSTALL_HINT}") from None
-    return ray
-
-
-def init_ray(num_cpus: int = 0) -> bool:
-    """Start a local Ray instance bound to 127.0.0.1 without a dashboard, or join the cluster
-    named by ``RAY_ADDRESS``. Returns True when this call started Ray (the caller shuts it
-    down), False when Ray was already initialized."""
-    ray = require_ray()
-    if ray.is_initialized():
-        return False
-    root = str(Path(__file__).resolve().parents[2])
-    # the worker processes must import this checkout of mbmpo, installed or not
-    path = os.environ.get("PYTHONPATH", "")
-    if root not in path.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, path]) if path else root
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False, logging_level="warning")
-        return True
-    # Ray starts its workers at niceness 15; next to other jobs (e.g. a second training run
-    # on the same cores) the actors and learners then get a few percent of a core and a run
-    # crawls (measured: 24 env steps/s instead of 420). Workers run at normal priority.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    with _local_http_only():
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level="warning")
-    return True
-
-
-@contextlib.contextmanager
-def _local_http_only():
-    """Environment for the Ray daemons started inside: HTTP(S) through a closed loopback port.
-
-    Even with usage stats disabled and no dashboard, Ray 2.x starts a dashboard process whose
-    usage-stats module probes cloud metadata endpoints (169.254.169.254,
-    metadata.google.internal) at startup (measured here with strace). With this proxy those
-    requests fail on 127.0.0.1 and no packet leaves the machine; loopback traffic between
-    Ray's own processes is exempt (NO_PROXY). The caller's environment is restored afterwards.
-    """
-    proxy = "http://127.0.0.1:9"  # discard port: nothing listens, requests fail at once
-    local = "127.0.0.1,localhost,::1"
-    keys = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
-            "NO_PROXY": local, "no_proxy": local}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-# ----- the driver ------------------------------------------------------------------------------
-
-class Gorila:
-    """Distributed DQN on Ray (see the module docstring).
+class Gorila(Algorithm):
+    """Distributed DQN on Ray (see :mod:`mbmpo.baselines.gorila`).
 
     Example::
 
@@ -301,15 +57,12 @@ class Gorila:
 
     algo_name: ClassVar[str] = "gorila"
     config_cls: ClassVar[type[BaseConfig]] = GorilaConfig
+    console_keys: ClassVar[list[str]] = CONSOLE_KEYS
 
     def __init__(self, config: GorilaConfig, out_dir: str | Path | None = None, console: bool = True):
-        if not isinstance(config, GorilaConfig):
-            raise ConfigError(f"Gorila needs a GorilaConfig, got {type(config).__name__}")
-        config.validate()
-        c = self.config = config
-        self.device = resolve_device("cpu")
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.console = console
+        super().__init__(config, out_dir, console)
+        c = config
+        self.device = resolve_device("cpu")  # the learner processes run on CPU
         probe = make_env_fn(c.env_id, c.env_kwargs)()
         raw_space, obs_space, act_space = probe.action_space, probe.observation_space, probe.action_space
         self.wrapper: Callable[[gym.Env], gym.Env] | None = None
@@ -338,15 +91,8 @@ class Gorila:
             self.obs_dim if c.normalize_obs else None, c.initial_accumulator)
         self._replay_states: list[dict[str, Any] | None] = []
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.num_timesteps = 0
-        self.iteration = 0
-        self.wall_time = 0.0
         self.num_updates = 0
         self.num_dropped_outlier = 0
-        self._last_eval_step = 0
-        self._eval_env: GymVecEnv | None = None
-        self._recent_returns: list[float] = []
-        self.logger = None
         self.events: list[str] = []
         self._ray: Any = None
         self._owns_ray = False
@@ -396,10 +142,10 @@ class Gorila:
         """Returns and lengths of ``num_episodes`` episodes with the server's current
         parameters (greedy, or ε-greedy with ``epsilon_end``); never counted as training steps."""
         self._sync_local()
-        env = eval_env(self, num_episodes, env_kwargs=self.config.env_kwargs, wrapper=self.wrapper)
+        env = self.eval_env(num_episodes, env_kwargs=self.config.env_kwargs, wrapper=self.wrapper)
         # raw observations: _act_indices normalizes them itself
         return evaluate_episodes(env, lambda o: self._env_action(self._act_indices(o, deterministic)),
-                                 seed=eval_seed(self))
+                                 seed=self.eval_seed())
 
     # ----- Ray processes ----------------------------------------------------------------------
     @property
@@ -495,7 +241,7 @@ class Gorila:
         the Ray processes stay up until :meth:`close`."""
         require_ray()
         self._start()
-        run_training(self, total_steps, CONSOLE_KEYS)
+        super().learn(total_steps)
         self._drain()  # learner chunks still running
         self._sync_local()
         return self
@@ -686,8 +432,7 @@ class Gorila:
         log.record("events/count", len(self.events))
         log.record("time/sps", (self.num_timesteps - start_steps) / max(elapsed, 1e-9))
         log.record("learner/updates_per_s", (self.num_updates - start_updates) / max(elapsed, 1e-9))
-        end_iteration(self, lambda: record_evaluation(log, *self.evaluate(c.eval_episodes,
-                                                                        c.eval_deterministic)))
+        self.end_iteration()
 
     # ----- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -706,17 +451,12 @@ class Gorila:
             "q_network": self.q_net.state_dict(),
             "servers": self._server_states,
             "generator": self.generator.get_state(),
-            "counters": {**counters(self), "num_updates": self.num_updates,
+            "counters": {**self.counters(), "num_updates": self.num_updates,
                          "num_dropped_outlier": self.num_dropped_outlier},
         }
         if self.config.checkpoint_replay:
             state["replay"] = [s for s in self._replay_states if s is not None]
         return state
-
-    def save(self, path: str | Path) -> None:
-        """Save parameters, AdaGrad state, server versions, counters (and replay memories
-        with ``checkpoint_replay``) to resume or evaluate."""
-        save_checkpoint(path, self.state_dict())
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         if self.running:
@@ -741,23 +481,12 @@ class Gorila:
             raise CheckpointError(f"{source} does not match this {self.algo_name} setup: {first}") from None
         self._server_states = servers
         self._replay_states = replay
-        restore_counters(self, cnt)
+        self.restore_counters(cnt)
         self.num_updates = int(cnt.get("num_updates", 0))
         self.num_dropped_outlier = int(cnt.get("num_dropped_outlier", 0))
         self._sync_local()
 
-    @classmethod
-    def load(cls, path: str | Path, out_dir: str | Path | None = None, console: bool = True,
-             **overrides: Any) -> Gorila:
-        """Rebuild from a checkpoint (file or run directory) to resume, evaluate or predict
-        (the latter two need no Ray)."""
-        return load_algorithm(cls, path, out_dir, console, overrides)
-
     def close(self) -> None:
         """Stop the Ray processes (and Ray itself when :meth:`learn` started it)."""
         self._stop()
-        if self._eval_env is not None:
-            self._eval_env.close()
-            self._eval_env = None
-        if self.logger is not None:
-            self.logger.close()
+        super().close()

@@ -1,0 +1,62 @@
+"""What an MB-MPO checkpoint holds, and restoring it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mbmpo.mbmpo.extensions import saved_plugin_states
+
+if TYPE_CHECKING:
+    from mbmpo.mbmpo.algorithm import MBMPO
+
+
+def run_state(algo: MBMPO) -> dict[str, Any]:
+    """Everything an MB-MPO run needs to resume: weights, optimizers, real data, plug-ins, RNG, counters."""
+    mlp = algo.mlp_baseline
+    return {
+        "algo": algo.algo_name,
+        "config": algo.config.to_dict(),
+        "policy": algo.policy.state_dict(),
+        "inner_lr": ({n: v.detach() for n, v in algo.inner_lr.items()}
+                     if isinstance(algo.inner_lr, dict) else {}),
+        "ensemble": algo.ensemble.state_dict(),
+        "obs_rms": algo.obs_rms.state_dict(),
+        "dataset": algo.dataset.state_dict(),
+        "init_states": algo.init_states,
+        "collect_params": algo.collect_params or {},
+        "outer_optimizer": algo.outer_optimizer.state_dict() if algo.outer_optimizer else {},
+        "inner_kl_coef": algo.inner_kl_coef,
+        "value_fn": mlp.net.state_dict() if mlp is not None else {},
+        "value_optimizer": mlp.optimizer.state_dict() if mlp is not None else {},
+        "plugins": {p.name: p.state_dict() for p in algo.plugins},
+        "generator": algo.generator.get_state(),
+        "counters": algo.counters(),
+    }
+
+
+def load_run_state(algo: MBMPO, state: dict[str, Any]) -> None:
+    """Restore :func:`run_state` (KeyError/RuntimeError/ValueError on a mismatch)."""
+    algo.policy.load_state_dict(state["policy"])
+    algo.ensemble.load_state_dict(state["ensemble"])
+    algo.obs_rms.load_state_dict(state["obs_rms"])
+    algo.dataset.load_state_dict(state["dataset"])
+    if isinstance(algo.inner_lr, dict):
+        with torch.no_grad():
+            for n, v in algo.inner_lr.items():
+                v.copy_(state["inner_lr"][n])
+    if algo.outer_optimizer is not None:
+        algo.outer_optimizer.load_state_dict(state["outer_optimizer"])
+    if algo.mlp_baseline is not None:
+        algo.mlp_baseline.net.load_state_dict(state["value_fn"])
+        algo.mlp_baseline.optimizer.load_state_dict(state["value_optimizer"])
+    saved = saved_plugin_states(state)
+    for p in algo.plugins:
+        if p.name not in saved:
+            raise KeyError(f"plug-in {p.name!r} has no state in the checkpoint")
+        p.load_state_dict(saved[p.name])
+    algo.generator.set_state(state["generator"])
+    algo.inner_kl_coef = float(state.get("inner_kl_coef", algo.config.inner_kl_coef))
+    algo.init_states = state["init_states"]
+    algo.collect_params = dict(state["collect_params"]) or None
