@@ -112,7 +112,9 @@ class MBMPO(Algorithm):
         self.uncertainty = kinds.pop() if kinds else None
         for p in self.plugins:
             p.setup(self)
-        columns = {name: fill for p in self.plugins for name, fill in p.dataset_columns().items()}
+        # which model's adapted policy collected each real row (-1: random warm-up, or theta)
+        columns = {"collector_model": -1.0}
+        columns.update({name: fill for p in self.plugins for name, fill in p.dataset_columns().items()})
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
                                          num_keys=c.num_models if c.model_split == "persistent" else 0,
                                          columns=columns)
@@ -128,7 +130,6 @@ class MBMPO(Algorithm):
         self.collect_params: dict[str, Tensor] | None = None  # adapted params for real collection
         self._obs: Tensor | None = None
         self._ts: Tensor | None = None
-        self.row_task = torch.arange(c.num_envs) % c.meta_batch_size
         self._bar: Any = None
 
     def plugin(self, name: str) -> Plugin:
@@ -213,6 +214,20 @@ class MBMPO(Algorithm):
 
         return fn
 
+    def spread_tasks(self, num_rows: int, offset: int = 0) -> Tensor:
+        """``[num_rows]`` tasks, one per row, cycling over the models first (row r uses model
+        ``(offset + r) % K``) and over each model's tasks second: tailored exploration collects
+        with the adapted policies of every model, not of one."""
+        c = self.config
+        slot = offset + torch.arange(num_rows)
+        return (slot % c.num_models) * c.tasks_per_model + (slot // c.num_models) % c.tasks_per_model
+
+    def collector_tasks(self) -> Tensor:
+        """The task whose adapted policy each real env copy collects with this iteration. The
+        assignment rotates by ``num_envs`` slots per iteration, so with fewer env copies than
+        models every model's adapted policies collect an equal share over K iterations."""
+        return self.spread_tasks(self.config.num_envs, offset=self.iteration * self.config.num_envs)
+
     def _random_policy_fn(self, obs: Tensor):
         u = torch.rand((obs.shape[0], self.act_dim), generator=self.generator)
         return self._act_low + u * (self._act_high - self._act_low), {}
@@ -221,10 +236,13 @@ class MBMPO(Algorithm):
     def collect_real(self) -> Rollout:
         """Real steps: random actions first, then the adapted policies (or theta); adds them to the data set."""
         c = self.config
+        collector = torch.full((c.num_envs,), -1.0)
         if self.num_timesteps == 0 and c.warmup_steps > 0:
             steps, fn = math.ceil(c.warmup_steps / c.num_envs), self._random_policy_fn
         elif c.collect_with == "adapted" and self.collect_params is not None:
-            steps, fn = c.num_steps, self.adapted_policy_fn(self.collect_params, self.row_task)
+            tasks = self.collector_tasks()
+            collector = (tasks // c.tasks_per_model).double()
+            steps, fn = c.num_steps, self.adapted_policy_fn(self.collect_params, tasks)
         else:
             steps, fn = c.num_steps, self.pre_policy_fn
         if self._obs is None:
@@ -237,7 +255,8 @@ class MBMPO(Algorithm):
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
         # the models learn from the action the env applied (imagined steps clip the same way)
         applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
-        columns = {name: v for p in self.plugins for name, v in p.label_real(roll).items()}
+        columns = {"collector_model": collector.expand(steps, -1)}
+        columns.update({name: v for p in self.plugins for name, v in p.label_real(roll).items()})
         self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator,
                          columns=columns)
         starts = roll.obs[roll.timesteps == 0]
@@ -401,10 +420,9 @@ class MBMPO(Algorithm):
     def evaluate(self, num_episodes: int = 10, adapted: bool = False,
                  deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Full real episodes (not training samples) of the pre-update policy, or of the
-        adapted policies (episode i uses task i % meta_batch_size)."""
-        c = self.config
+        adapted policies (episode i uses a task of model i % K: every model is covered)."""
         env = self.eval_env(num_episodes, env_kwargs=self.env_kwargs, dtype=torch.float64)
-        row_task = torch.arange(num_episodes) % c.meta_batch_size
+        row_task = self.spread_tasks(num_episodes)
 
         def act(obs: Tensor) -> Tensor:
             f = self.features(obs)
