@@ -83,32 +83,34 @@ def main() -> int:
     p.add_argument("--write-reference", action="store_true", help="store the runs as the reference")
     p.add_argument("--only", choices=sorted(RUNS), help="run one of the two checks")
     p.add_argument("--no-run", action="store_true", help="compare the runs already in runs/behaviour_identity")
+    p.add_argument("--results", default=str(RESULTS), help="directory of the reference files (default: %(default)s)")
     args = p.parse_args()
     src = Path(args.src).resolve()
+    results = Path(args.results)
     names = [args.only] if args.only else list(RUNS)
     report = {}
-    runs = ROOT / "runs" / "behaviour_identity"
+    runs = ROOT / "runs" / results.name
     for name in names:
         csv_path = runs / name / "progress.csv"
         if not args.no_run:
             shutil.rmtree(runs / name, ignore_errors=True)
             csv_path = run(src, name, runs / name)
         if args.write_reference:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / f"{name}_progress.csv").write_text(csv_path.read_text())
+            results.mkdir(parents=True, exist_ok=True)
+            (results / f"{name}_progress.csv").write_text(csv_path.read_text())
             commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True,
                                     text=True).stdout.strip()
             report[name] = {"reference_commit": commit}
             print(f"{name}: reference written from {commit}")
             continue
-        problems = compare(read(RESULTS / f"{name}_progress.csv", rename=True), read(csv_path, rename=False))
+        problems = compare(read(results / f"{name}_progress.csv", rename=True), read(csv_path, rename=False))
         report[name] = {"identical": not problems, "differences": problems[:20]}
         print(f"{name}: {'identical' if not problems else f'{len(problems)} differences'}")
         for line in problems[:20]:
             print("   ", line)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=src, capture_output=True,
                             text=True).stdout.strip()
-    out = RESULTS / ("reference.json" if args.write_reference else "check.json")
+    out = results / ("reference.json" if args.write_reference else "check.json")
     out.write_text(json.dumps({"source": commit, **report}, indent=2) + "\n")
     return 0 if all(r.get("identical", True) for r in report.values()) else 1
 

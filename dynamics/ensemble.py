@@ -8,7 +8,8 @@ log-likelihood and can be sampled in imagined rollouts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,25 @@ class DynamicsEnsemble(nn.Module):
         self.models = nn.ModuleList(GaussianHead(m, self.out_dim) if probabilistic else m for m in nets)
         self.in_rms = RunningMeanStd(self.in_dim)
         self.out_rms = RunningMeanStd(self.out_dim)
+        self._compute_dtype: torch.dtype | None = None
+
+    @contextmanager
+    def compute_dtype(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Within the block, the models' layers run in ``dtype`` (e.g. ``torch.bfloat16``, under
+        ``torch.autocast``) and return float32; None keeps float32. Meant for imagined steps: a
+        bf16 matmul is about twice as fast on CPUs with AVX512-BF16 or AMX, at about 0.3%
+        relative error in the outputs."""
+        old, self._compute_dtype = self._compute_dtype, dtype
+        try:
+            yield
+        finally:
+            self._compute_dtype = old
+
+    def _run(self, k: int, x_norm: Tensor) -> Tensor:
+        if self._compute_dtype is None or self._compute_dtype == torch.float32:
+            return self.models[k](x_norm)
+        with torch.autocast(x_norm.device.type, dtype=self._compute_dtype):
+            return self.models[k](x_norm).float()
 
     def inputs(self, obs: Tensor, act: Tensor) -> Tensor:
         """``[..., obs_dim], [..., act_dim] -> [..., in_dim]`` (unnormalized)."""
@@ -102,7 +122,7 @@ class DynamicsEnsemble(nn.Module):
     def forward_dist(self, k: int, x_norm: Tensor) -> tuple[Tensor, Tensor]:
         """Model k: ``[B, in_dim] -> (mean [B, out_dim], log-variance [B, out_dim])``,
         normalized; a deterministic model's log-variance is ``-inf`` (no spread)."""
-        out = self.models[k](x_norm)
+        out = self._run(k, x_norm)
         if not self.probabilistic:
             return out, torch.full_like(out, -math.inf)
         mean, raw = out.split(self.out_dim, dim=-1)
@@ -112,7 +132,7 @@ class DynamicsEnsemble(nn.Module):
 
     def forward_model(self, k: int, x_norm: Tensor) -> Tensor:
         """Model k's mean on normalized inputs ``[B, in_dim] -> [B, out_dim]`` (normalized)."""
-        out = self.models[k](x_norm)
+        out = self._run(k, x_norm)
         return out[..., : self.out_dim] if self.probabilistic else out
 
     def forward(self, x_norm: Tensor) -> Tensor:

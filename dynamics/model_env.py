@@ -69,6 +69,8 @@ class ImaginedEnv:
             reports each one's mean per imagined step.
         cost_uncertainty: the kind of ensemble uncertainty the ``costs`` read from
             ``step.uncertainty`` (None: none, one model pass per row).
+        compute_dtype: the models' layers run in this dtype during steps (see
+            :meth:`DynamicsEnsemble.compute_dtype`); None: float32.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ImaginedEnv:
         state_cost: Callable[[Tensor], Tensor] | None = None,
         costs: Sequence[tuple[str, Callable[[ImaginedStep], Tensor]]] = (),
         cost_uncertainty: str | None = None,
+        compute_dtype: torch.dtype | None = None,
     ):
         if reward_fn is None and not ensemble.reward_head:
             raise ValueError("ImaginedEnv needs a reward_fn or an ensemble with a reward head")
@@ -117,6 +120,7 @@ class ImaginedEnv:
         self._t = torch.zeros(self.num_envs, dtype=torch.long)
         self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
         self.state_cost = state_cost
+        self.compute_dtype = compute_dtype
         self.costs: list[tuple[str, Callable[[ImaginedStep], Tensor]]] = []
         if penalty_coef > 0:
             self.costs.append(("penalty", lambda step: penalty_coef * step.uncertainty))
@@ -125,7 +129,8 @@ class ImaginedEnv:
         self.costs += list(costs)
         if len({k for k, _ in self.costs}) != len(self.costs):
             raise ValueError(f"cost keys must be unique, got {[k for k, _ in self.costs]}")
-        self._cost_sums = {k: 0.0 for k, _ in self.costs}
+        # summed on the device: no host round trip per step (float64, as a Python float would)
+        self._cost_sums = {k: torch.zeros((), dtype=torch.float64) for k, _ in self.costs}
         self._cost_steps = 0
 
     def reset(self, seed: int | None = None) -> Tensor:
@@ -145,11 +150,12 @@ class ImaginedEnv:
             act = torch.max(torch.min(act, self.high.to(act)), self.low.to(act))
         gen = self.generator if self.sample else None
         u = None
-        if self.uncertainty is not None:
-            next_obs, learned_rew, u = self.ensemble.predict_with_uncertainty(
-                obs, act, self.model_idx, self.uncertainty, gen)
-        else:
-            next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups, gen)
+        with self.ensemble.compute_dtype(self.compute_dtype):
+            if self.uncertainty is not None:
+                next_obs, learned_rew, u = self.ensemble.predict_with_uncertainty(
+                    obs, act, self.model_idx, self.uncertainty, gen)
+            else:
+                next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups, gen)
         bad = ~torch.isfinite(next_obs).all(-1)
         if bad.any():
             rows = torch.nonzero(bad).squeeze(-1)
@@ -168,7 +174,7 @@ class ImaginedEnv:
             for key, fn in self.costs:
                 cost = fn(step).to(rew)
                 rew = rew - cost
-                self._cost_sums[key] += float(cost.sum())
+                self._cost_sums[key] = self._cost_sums[key].to(cost.device) + cost.sum().double()
             self._cost_steps += self.num_envs
         self._t += 1
         self._ret += rew.double()
@@ -192,7 +198,7 @@ class ImaginedEnv:
 
     def mean_cost(self, key: str) -> float:
         """Mean of cost ``key`` per imagined step so far (0 for an unknown key)."""
-        return self._cost_sums.get(key, 0.0) / max(self._cost_steps, 1)
+        return float(self._cost_sums.get(key, torch.zeros(()))) / max(self._cost_steps, 1)
 
     @property
     def mean_penalty(self) -> float:

@@ -11,6 +11,7 @@ import datetime
 import math
 import platform
 import subprocess
+import time
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -135,7 +136,9 @@ class Algorithm:
         columns; default :meth:`record_default_evaluation`), then wall time, one
         ``progress.csv`` row and the periodic checkpoint."""
         if self.evaluation_due():
+            t0 = time.perf_counter()
             (evaluate or self.record_default_evaluation)()
+            self.logger.record("time/eval_s", time.perf_counter() - t0)  # not part of wall_time_s
         self.logger.record("wall_time_s", self.wall_time)
         self.logger.dump(self.num_timesteps)
         if self.out_dir is not None and self.checkpoint_due():

@@ -102,9 +102,11 @@ def line_search(
     backtrack_coeff: float = 0.8,
     max_backtracks: int = 10,
     no_grad: bool = True,
+    surrogate_and_kl_fn: Callable[[], tuple[Tensor, Tensor]] | None = None,
 ) -> TRPOStepInfo:
     """Try ``theta + frac * full_step`` for ``frac = backtrack_coeff^i``; accept the first one
-    with mean KL <= ``max_kl`` and a positive surrogate improvement, else restore ``theta``."""
+    with mean KL <= ``max_kl`` and a positive surrogate improvement, else restore ``theta``.
+    ``surrogate_and_kl_fn`` (optional) returns both at once, when they share costly work."""
     old = flat_params(params)
     ctx = torch.no_grad if no_grad else nullcontext
     kl_val, surr_val = float("nan"), surrogate_before
@@ -112,8 +114,12 @@ def line_search(
         frac = backtrack_coeff**i
         set_flat_params_(params, old + frac * full_step)
         with ctx():
-            surr_val = float(surrogate_fn().detach())
-            kl_val = float(kl_fn().detach())
+            if surrogate_and_kl_fn is not None:
+                surr_t, kl_t = surrogate_and_kl_fn()
+                surr_val, kl_val = float(surr_t.detach()), float(kl_t.detach())
+            else:
+                surr_val = float(surrogate_fn().detach())
+                kl_val = float(kl_fn().detach())
         if math.isfinite(surr_val) and math.isfinite(kl_val) and kl_val <= max_kl and surr_val > surrogate_before:
             return TRPOStepInfo(True, frac, surrogate_before, surr_val,
                                 expected_improve * frac, kl_val, i)
@@ -132,13 +138,15 @@ def trpo_step(
     max_backtracks: int = 10,
     line_search_no_grad: bool = True,
     fvp_kl_fn: Callable[[], Tensor] | None = None,
+    surrogate_and_kl_fn: Callable[[], tuple[Tensor, Tensor]] | None = None,
 ) -> TRPOStepInfo:
     """One natural-gradient step that maximizes ``surrogate_fn`` subject to mean KL <= max_kl.
 
     The step direction ``x = F^-1 g`` comes from conjugate gradient; it is scaled to the
     trust-region boundary ``sqrt(2 max_kl / x^T F x)`` and then backtracked. ``fvp_kl_fn``
     (default ``kl_fn``) may estimate the KL on a subsample to make Fisher products cheaper;
-    the line search always checks the full ``kl_fn``.
+    the line search always checks the full ``kl_fn``; ``surrogate_and_kl_fn`` (optional)
+    gives the line search both values from one evaluation.
     """
     params = list(params)
     surr = surrogate_fn()
@@ -152,4 +160,4 @@ def trpo_step(
     full_step = torch.sqrt(2.0 * max_kl / shs) * x
     expected = float(g.dot(full_step))
     return line_search(params, surrogate_fn, kl_fn, full_step, expected, max_kl, float(surr.detach()),
-                       backtrack_coeff, max_backtracks, line_search_no_grad)
+                       backtrack_coeff, max_backtracks, line_search_no_grad, surrogate_and_kl_fn)

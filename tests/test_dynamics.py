@@ -314,3 +314,20 @@ def test_dataset_priorities_stay_with_their_rows_and_default_to_zero():
     with pytest.raises(ValueError, match=r"dataset has no column\(s\) \['typo'\]; its columns are \['priority'\]"):
         ds.add(torch.zeros(1, 2), torch.zeros(1, 1), torch.ones(1, 2), torch.zeros(1), torch.zeros(1, dtype=torch.bool),
                columns={"typo": torch.zeros(1)})
+
+
+@torch.no_grad()
+def test_bfloat16_compute_dtype_is_close_to_float32_and_scoped():
+    torch.manual_seed(0)
+    ens = DynamicsEnsemble(6, 2, num_models=3, hidden_sizes=(64, 64), probabilistic=True)
+    obs, act = torch.randn(50, 6, dtype=torch.float64), torch.rand(50, 2) * 2 - 1
+    idx = torch.arange(50) % 3
+    full, _ = ens.predict(obs, act, idx)
+    with ens.compute_dtype(torch.bfloat16):
+        low, _ = ens.predict(obs, act, idx)
+        low_u = ens.predict_with_uncertainty(obs, act, idx, "disagreement")[2]
+    again, _ = ens.predict(obs, act, idx)  # float32 again outside the block
+    assert torch.equal(again, full) and low.dtype == full.dtype
+    rel = float((low - full).norm() / (full - obs).norm())
+    assert 0 < rel < 0.05, rel
+    assert torch.allclose(low_u, ens.predict_with_uncertainty(obs, act, idx, "disagreement")[2], rtol=0.1)

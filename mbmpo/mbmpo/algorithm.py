@@ -131,6 +131,7 @@ class MBMPO(Algorithm):
         self._obs: Tensor | None = None
         self._ts: Tensor | None = None
         self._bar: Any = None
+        self._data: dict[str, Tensor] | None = None  # the data set's arrays while it does not change
 
     def plugin(self, name: str) -> Plugin:
         """The enabled plug-in called ``name`` (KeyError when none is)."""
@@ -236,6 +237,7 @@ class MBMPO(Algorithm):
     def collect_real(self) -> Rollout:
         """Real steps: random actions first, then the adapted policies (or theta); adds them to the data set."""
         c = self.config
+        self._data = None
         collector = torch.full((c.num_envs,), -1.0)
         if self.num_timesteps == 0 and c.warmup_steps > 0:
             steps, fn = math.ceil(c.warmup_steps / c.num_envs), self._random_policy_fn
@@ -265,7 +267,7 @@ class MBMPO(Algorithm):
 
     def fit_models(self) -> dict[str, float]:
         """Fit the K models on the real data set, refresh the input statistics, then the plug-ins."""
-        data = self.dataset.arrays()
+        data = self._data = self.dataset.arrays()
         val_mask = data["keys"] < self.config.model_val_fraction if "keys" in data else None
         res = fit_ensemble(self.ensemble, data["obs"], data["act"], data["next_obs"],
                            data["reward"] if self.config.learned_reward else None,
@@ -284,7 +286,7 @@ class MBMPO(Algorithm):
         may replace some of the drawn rows)."""
         if self.config.imagined_init == "reset" and len(self.init_states) > 0:
             return self.init_states[torch.randint(len(self.init_states), (n,), generator=gen)].clone()
-        data = self.dataset.arrays()
+        data = self._data if self._data is not None else self.dataset.arrays()
         idx = torch.randint(len(data["obs"]), (n,), generator=gen)
         for p in self.plugins:
             idx = p.start_rows(idx, data, gen)
@@ -297,7 +299,8 @@ class MBMPO(Algorithm):
         costs = [(p.cost_key or p.name, p.reward_cost) for p in self.plugins if p.has_reward_cost]
         return ImaginedEnv(self.ensemble, idx, self.init_states_fn, c.imagined_horizon, self.reward_fn,
                            self.action_space.low, self.action_space.high, c.imagined_clip_obs,
-                           self.generator, sample=c.model_sample, costs=costs, cost_uncertainty=self.uncertainty)
+                           self.generator, sample=c.model_sample, costs=costs, cost_uncertainty=self.uncertainty,
+                           compute_dtype=getattr(torch, c.imagined_precision))
 
     def task_batch(self, roll: Rollout) -> TaskBatch:
         """Per-task advantages of an imagined rollout (plug-in bootstraps at the horizon)."""
@@ -392,6 +395,7 @@ class MBMPO(Algorithm):
             with torch.no_grad():
                 pre = self.task_batch(collect(self.imagined_env(), self.pre_policy_fn, c.imagined_horizon))
             self.collect_params = self.adapt(pre, create_graph=False)
+        self._data = None
         t3 = time.perf_counter()
         self.iteration += 1
         self.num_timesteps += steps

@@ -133,6 +133,10 @@ class MBMPOConfig(BaseConfig):
     visited states)."""
     imagined_clip_obs: float = 1000.0
     """Predicted observations are clipped to +-this."""
+    imagined_precision: str = "float32"
+    """Precision of the models' layers in imagined steps: 'float32' or 'bfloat16' (about twice
+    as fast on CPUs with AVX512-BF16/AMX and on GPUs; outputs about 0.3% off; its effect on the
+    return is not measured yet). Model fitting stays float32."""
     num_meta_steps: int = 30
     """Meta-steps (outer updates) per iteration (paper: 30)."""
     inner_lr: float = 0.001
@@ -214,7 +218,8 @@ class MBMPOConfig(BaseConfig):
                               ("model_split", ("resample", "persistent")),
                               ("model_type", ("deterministic", "probabilistic")),
                               ("collect_with", ("adapted", "pre_update")),
-                              ("baseline", ("linear", "mlp"))):
+                              ("baseline", ("linear", "mlp")),
+                              ("imagined_precision", ("float32", "bfloat16"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
         if self.normalize_reward:

@@ -26,8 +26,9 @@ AdaptFn = Callable[[TaskBatch], Params]
 
 
 def surrogate_and_kl(policy: nn.Module, adapt: AdaptFn, pre: TaskBatch, post: TaskBatch):
-    """Closures of the mean post-update surrogate and of the mean KL between the post-update
-    sampling policies (``post.dist``) and the policies theta'_k(theta) now adapt to."""
+    """Closures of the mean post-update surrogate, of the mean KL between the post-update
+    sampling policies (``post.dist``) and the policies theta'_k(theta) now adapt to, and of
+    both from one inner step."""
 
     def dist_new():
         return forward_per_task(policy, adapt(pre), post.obs)
@@ -39,20 +40,25 @@ def surrogate_and_kl(policy: nn.Module, adapt: AdaptFn, pre: TaskBatch, post: Ta
     def kl() -> Tensor:
         return post.dist.kl(dist_new()).mean()
 
-    return surrogate, kl
+    def both() -> tuple[Tensor, Tensor]:  # one inner step for the line search's two checks
+        d = dist_new()
+        return likelihood_ratio_objective(d, post.act, post.adv, post.log_prob).mean(), post.dist.kl(d).mean()
+
+    return surrogate, kl, both
 
 
 def outer_trpo(policy: nn.Module, params: list[Tensor], adapt: AdaptFn, pre: TaskBatch, post: TaskBatch,
                config, generator: torch.Generator) -> dict[str, float]:
     """One TRPO step on ``params`` (theta, and the inner step sizes when learned)."""
     c = config
-    surrogate, kl = surrogate_and_kl(policy, adapt, pre, post)
+    surrogate, kl, both = surrogate_and_kl(policy, adapt, pre, post)
     fvp_kl = kl
     if c.fvp_subsample < 1.0:
-        _, fvp_kl = surrogate_and_kl(policy, adapt, pre.subsample(c.fvp_subsample, generator),
+        _, fvp_kl, _ = surrogate_and_kl(policy, adapt, pre.subsample(c.fvp_subsample, generator),
                                      post.subsample(c.fvp_subsample, generator))
     info = trpo_step(params, surrogate, kl, c.max_kl, c.cg_damping, c.cg_iters, c.backtrack_coeff,
-                     c.max_backtracks, line_search_no_grad=False, fvp_kl_fn=fvp_kl)
+                     c.max_backtracks, line_search_no_grad=False, fvp_kl_fn=fvp_kl,
+                     surrogate_and_kl_fn=both)
     return {"meta/kl": info.kl, "meta/surrogate_change": info.surrogate_after - info.surrogate_before,
             "meta/step_accepted": float(info.accepted), "meta/num_backtracks": float(info.num_backtracks)}
 
@@ -81,6 +87,6 @@ def outer_ppo(policy: nn.Module, optimizer: torch.optim.Optimizer, adapt: AdaptF
     with torch.no_grad():
         inner_kl = pre_old.kl(policy(pre.obs)).mean().item()
     next_eta = ppo_adapt_kl_coef(eta, inner_kl, c.inner_kl_target) if eta > 0 and c.adaptive_inner_kl else eta
-    _, kl = surrogate_and_kl(policy, adapt, pre, post)  # the inner step needs autograd
+    _, kl, _ = surrogate_and_kl(policy, adapt, pre, post)  # the inner step needs autograd
     return ({"meta/kl": kl().detach().item(), "meta/surrogate_change": last - first,
              "meta/inner_kl": inner_kl, "meta/inner_kl_coef": eta}, next_eta)
