@@ -4,9 +4,25 @@ Trains Gorila (preset ``scripts/configs/cartpole_gorila.yaml``: 2 acting process
 once per seed in one local Ray instance, evaluating ``--eval-episodes`` greedy episodes every
 ``--eval-every`` real steps, and stops a seed at the first evaluation with mean return
 >= ``--threshold`` or at ``--max-steps``. Writes ``results.json``, ``results.csv``, one
-``progress.csv`` per seed and ``gorila_cartpole.png`` (evaluation curves) to ``--out``:
+``progress.csv`` per seed and ``gorila_cartpole.png`` (evaluation curves) to ``--out``.
+
+The layout flags run the paper's other arrangements: ``--mode bundled`` (actor + local
+replay + learner in each of ``--actors`` processes), ``--replay global`` (one replay actor
+shared by all), ``--shards 2`` (the parameter vector split over two server shards).
+``--slow-learner-delay S`` makes learner 1 (of ``--learners`` >= 2) sleep S seconds before
+every push, so that the other learner moves the server on meanwhile and the staleness rule
+(``max_staleness``, ``--max-staleness``) drops its gradients; the drops are reported beside
+the loss-outlier drops::
 
     python benchmarks/gorila_cartpole.py                                   # 3 seeds, <= 100k steps each
+    python benchmarks/gorila_cartpole.py --seeds 0 --max-steps 40000 --mode bundled \
+        --out benchmarks/results/gorila_cartpole_bundled
+    python benchmarks/gorila_cartpole.py --seeds 0 --max-steps 40000 --replay global \
+        --out benchmarks/results/gorila_cartpole_global_replay
+    python benchmarks/gorila_cartpole.py --seeds 0 --max-steps 40000 --shards 2 \
+        --out benchmarks/results/gorila_cartpole_shards2
+    python benchmarks/gorila_cartpole.py --seeds 0 --max-steps 40000 --learners 2 --slow-learner-delay 0.2 \
+        --out benchmarks/results/gorila_cartpole_stale
     python benchmarks/gorila_cartpole.py --seeds 0 --max-steps 4000 --out /tmp/gc   # smoke test
 """
 
@@ -27,18 +43,47 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mbmpo.baselines.gorila import Gorila, GorilaConfig, init_ray  # noqa: E402
+from mbmpo.baselines.gorila import Gorila, GorilaConfig, LearnerCore, init_ray  # noqa: E402
 from mbmpo.config import load_config  # noqa: E402
 from mbmpo.report import eval_curve, read_progress  # noqa: E402
 
 
+class SlowLearner(LearnerCore):
+    """Learner 1 sleeps ``delay_s`` before each push (this script's ``--slow-learner-delay``)."""
+
+    delay_s = 0.0
+
+    def __init__(self, spec, index, params, replay):
+        super().__init__(spec, index, params, replay)
+        if index == 1 and self.delay_s > 0:
+            push_pull = self.params.push_pull
+
+            def delayed(grad, versions):
+                time.sleep(self.delay_s)
+                return push_pull(grad, versions)
+
+            self.params.push_pull = delayed
+
+
+class SlowLearnerGorila(Gorila):
+    learner_cls = SlowLearner
+
+
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
+    learners = args.actors if args.mode == "bundled" else args.learners
     overrides = dict(seed=seed, total_steps=args.max_steps, eval_every=args.eval_every,
                      log_every=args.eval_every, eval_episodes=args.eval_episodes,
-                     num_actors=args.actors, num_learners=args.learners, checkpoint_every_steps=10**9)
+                     num_actors=args.actors, num_learners=learners, checkpoint_every_steps=10**9,
+                     mode=args.mode, replay=args.replay, num_param_shards=args.shards)
+    if args.max_staleness is not None:
+        overrides["max_staleness"] = args.max_staleness
     cfg = load_config(GorilaConfig, args.preset, **overrides)
     run_dir = work / f"s{seed}"
-    algo = Gorila(cfg, out_dir=run_dir, console=not args.quiet)
+    cls = Gorila
+    if args.slow_learner_delay > 0:
+        SlowLearner.delay_s = args.slow_learner_delay  # travels with the class to the Ray process
+        cls = SlowLearnerGorila
+    algo = cls(cfg, out_dir=run_dir, console=not args.quiet)
     t0 = time.perf_counter()
     reached = None
     try:
@@ -53,20 +98,24 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
     finally:
         algo.close()
     wall = time.perf_counter() - t0
-    steps, mean, _ = eval_curve(read_progress(run_dir / "progress.csv"))
+    cols = read_progress(run_dir / "progress.csv")
+    steps, mean, _ = eval_curve(cols)
     return {"seed": seed, "steps_to_threshold": reached, "real_steps": algo.num_timesteps,
             "learner_updates": algo.num_updates, "wall_s": round(wall, 1),
             "best_eval_return": max(mean) if mean else None,
-            "final_eval_return": mean[-1] if mean else None, "events": algo.events}
+            "final_eval_return": mean[-1] if mean else None,
+            "server_applied": int(cols["server/applied_total"][-1]),
+            "dropped_stale": int(cols["server/dropped_stale_total"][-1]),
+            "dropped_outlier": int(cols["learner/dropped_outlier_total"][-1]), "events": algo.events}
 
 
-def plot(out: Path, rows: list[dict], threshold: float) -> Path:
+def plot(out: Path, rows: list[dict], threshold: float, label: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in rows:
         steps, mean, std = eval_curve(read_progress(out / f"progress_s{r['seed']}.csv"))
         hit = r["steps_to_threshold"]
@@ -75,7 +124,7 @@ def plot(out: Path, rows: list[dict], threshold: float) -> Path:
     ax.axhline(threshold, color="k", ls="--", lw=1)
     ax.set_xlabel("real environment steps (all actors)")
     ax.set_ylabel("evaluation return (mean of greedy episodes)")
-    ax.set_title(f"Gorila on CartPole-v1: steps to mean return {threshold:g}")
+    ax.set_title(f"Gorila on CartPole-v1: steps to mean return {threshold:g}\n{label}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     png = out / "gorila_cartpole.png"
@@ -90,7 +139,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", default=str(ROOT / "scripts" / "configs" / "cartpole_gorila.yaml"))
     p.add_argument("--actors", type=int, default=2)
-    p.add_argument("--learners", type=int, default=1)
+    p.add_argument("--learners", type=int, default=1, help="learners (bundled mode: one per actor)")
+    p.add_argument("--mode", choices=["distributed", "bundled"], default="distributed")
+    p.add_argument("--replay", choices=["local", "global"], default="local")
+    p.add_argument("--shards", type=int, default=1, help="parameter-server shards")
+    p.add_argument("--max-staleness", type=int, default=None, help="override the preset's max_staleness")
+    p.add_argument("--slow-learner-delay", type=float, default=0.0,
+                   help="learner 1 sleeps this many seconds before each push (needs --learners >= 2)")
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--threshold", type=float, default=475.0)
     p.add_argument("--eval-every", type=int, default=2000)
@@ -99,6 +154,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gorila_cartpole"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    if args.slow_learner_delay > 0 and (args.mode == "bundled" and args.actors < 2
+                                        or args.mode == "distributed" and args.learners < 2):
+        p.error("--slow-learner-delay needs a second learner (--learners 2, or 2 bundles)")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,11 +168,21 @@ def main() -> None:
             shutil.copy(Path(tmp) / f"s{seed}" / "progress.csv", out / f"progress_s{seed}.csv")
             rows.append(row)
             print(f"seed {seed}: steps to {args.threshold:g}: {row['steps_to_threshold']} "
-                  f"(best eval {row['best_eval_return']}, {row['wall_s']} s)", flush=True)
+                  f"(best eval {row['best_eval_return']}, {row['wall_s']} s; gradients applied "
+                  f"{row['server_applied']}, dropped stale {row['dropped_stale']}, dropped as "
+                  f"outliers {row['dropped_outlier']})", flush=True)
     hits = [r["steps_to_threshold"] for r in rows if r["steps_to_threshold"] is not None]
+    label = (f"mode {args.mode}, replay {args.replay}, {args.actors} actor(s), "
+             f"{args.actors if args.mode == 'bundled' else args.learners} learner(s), {args.shards} shard(s)"
+             + (f", learner 1 +{args.slow_learner_delay:g} s per push" if args.slow_learner_delay else ""))
     summary = {
         "env_id": "CartPole-v1", "threshold": args.threshold, "actors": args.actors,
-        "learners": args.learners, "max_steps": args.max_steps, "eval_every": args.eval_every,
+        "learners": args.actors if args.mode == "bundled" else args.learners, "mode": args.mode,
+        "replay": args.replay, "param_shards": args.shards,
+        "max_staleness": (args.max_staleness if args.max_staleness is not None
+                          else load_config(GorilaConfig, args.preset).max_staleness),
+        "slow_learner_delay_s": args.slow_learner_delay, "layout": label,
+        "max_steps": args.max_steps, "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes, "preset": Path(args.preset).name,
         "seeds_reached": f"{len(hits)}/{len(rows)}",
         "median_steps_to_threshold": float(np.median(hits)) if len(hits) == len(rows) else None,
@@ -125,7 +193,7 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "events"])
         w.writeheader()
         w.writerows([{k: v for k, v in r.items() if k != "events"} for r in rows])
-    png = plot(out, rows, args.threshold)
+    png = plot(out, rows, args.threshold, label)
     print(f"{summary['seeds_reached']} seeds reached {args.threshold:g}; median steps "
           f"{summary['median_steps_to_threshold']}; wrote {out / 'results.json'}, {png}")
 

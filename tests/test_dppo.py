@@ -4,6 +4,7 @@ loopback (a spawned pair of workers, the train.py launcher with a killed worker,
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import signal
@@ -18,12 +19,15 @@ import torch
 
 from mbmpo import distributed
 from mbmpo.baselines.dppo import DPPO, DPPOConfig, adapt_kl_coef_per_worker
+from mbmpo.baselines.dppo.worker import _Batch
 from mbmpo.buffers import from_windows, to_windows
 from mbmpo.checkpoint import load_checkpoint
+from mbmpo.config import load_config
 from mbmpo.errors import ConfigError
 from mbmpo.kl_penalty import adapt_kl_coef
 from mbmpo.normalization import RunningMeanStd, merge_new_moments, pack_new_moments
 from mbmpo.returns import k_step_returns
+from policies.distributions import DiagGaussian
 from policies.recurrent import RecurrentCore
 from tests.procs import HAVE_PROC, running
 
@@ -258,9 +262,10 @@ def test_kl_stop_ends_the_policy_steps_and_lambda_follows_the_kl():
     free.generator.manual_seed(1)
     stats = free.update(ro, *free.compute_advantages(ro))
     assert stats["train/policy_steps"] == 10 * 4  # M sub-iterations x minibatches
-    # the j-th policy and value steps share one all_reduce: 40, not 80, collectives
+    # the j-th policy and value steps share one all_reduce: 40, not 80, collectives (gradients,
+    # 3 + 1 extras, the policy and value weights, the count of workers still sending policy steps)
     n_params = sum(p.numel() for p in [*free.policy_params, *free.value_params])
-    assert calls == [n_params + 3 + 1 + 1] * 40
+    assert calls == [n_params + 3 + 1 + 2 + 1] * 40
     # the value fit does not depend on the policy steps: the same after 1 or 40 of them
     assert all(torch.equal(p, q) for p, q in zip(algo.value_params, free.value_params))
     assert not all(torch.equal(p, q) for p, q in zip(algo.policy_params, free.policy_params))
@@ -272,6 +277,46 @@ def test_kl_stop_ends_the_policy_steps_and_lambda_follows_the_kl():
         x.close()
 
 
+def test_loss_hinge_term_on_a_hand_made_batch():
+    # 5 states, 1-D actions; pi_theta is the policy as built (std 1, init_log_std 0), pi_old a
+    # Gaussian with hand-picked means and std 0.9, so KL[pi_old || pi_theta] is known in closed form
+    xi, lam, target = 1000.0, 0.7, 0.01
+    algo = DPPO(small_cfg(kl_hinge_coef=xi, kl_coef=lam, kl_target=target), console=False)
+    obs = torch.tensor([[0.0], [1.0], [2.0], [-1.0], [3.0]])
+    act = torch.tensor([[0.5], [-0.2], [1.0], [0.0], [0.3]])
+    adv = torch.tensor([1.0, -0.5, 2.0, 0.25, -1.0])
+    with torch.no_grad():
+        mu = algo.policy(obs).mean  # [5, 1]
+    sigma_old = 0.9
+    idx = torch.arange(5)
+
+    def loss_for(shift: float) -> tuple[float, float, float]:
+        mu_old = mu + shift * torch.tensor([[1.0], [-1.0], [0.5], [2.0], [-0.5]])
+        old = DiagGaussian(mu_old, torch.full_like(mu_old, math.log(sigma_old)))
+        logp_old = old.log_prob(act)
+        b = _Batch(obs, act, logp_old, adv, torch.zeros(5), torch.zeros(5), None, None, None)
+        loss, ex = algo._policy_loss(b, old, idx)
+        # by hand: Gaussian log-densities and KL[N(mu_old, 0.9) || N(mu, 1)] per state
+        m, m0, a = mu[:, 0].double(), mu_old[:, 0].double(), act[:, 0].double()
+        logp_new = -0.5 * (a - m) ** 2 - 0.5 * math.log(2 * math.pi)
+        logp_o = -0.5 * ((a - m0) / sigma_old) ** 2 - math.log(sigma_old) - 0.5 * math.log(2 * math.pi)
+        surrogate = ((logp_new - logp_o).exp() * adv.double()).mean().item()
+        kl = (math.log(1 / sigma_old) + (sigma_old**2 + (m0 - m) ** 2) / 2 - 0.5).mean().item()
+        assert ex[0].item() == pytest.approx(kl, rel=1e-5) and ex[1].item() == pytest.approx(surrogate, rel=1e-5)
+        return loss.item(), kl, surrogate
+
+    for shift, hinge_on in ((0.4, True), (0.0, False)):
+        loss, kl, surrogate = loss_for(shift)
+        hinge = xi * max(0.0, kl - 2 * target) ** 2
+        assert (hinge > 1.0) == hinge_on and (kl > 2 * target) == hinge_on  # KL 0.11 or 0.010
+        assert loss == pytest.approx(-surrogate + lam * kl + hinge, rel=1e-5)
+        algo.config.kl_hinge_coef = 0.0  # the hinge term alone: loss(xi) - loss(0)
+        without, _, _ = loss_for(shift)
+        algo.config.kl_hinge_coef = xi
+        assert loss - without == pytest.approx(hinge, rel=1e-4, abs=1e-6)
+    algo.close()
+
+
 def test_bad_config_is_rejected_with_one_line():
     with pytest.raises(ConfigError, match="num_steps 100 must be a multiple of window_length 30"):
         DPPOConfig(env_id="Pendulum-v1", num_steps=100, window_length=30).validate()
@@ -279,6 +324,13 @@ def test_bad_config_is_rejected_with_one_line():
         DPPOConfig(env_id="Pendulum-v1", policy_type="rnn").validate()
     with pytest.raises(ConfigError, match="kl_coef_rule"):
         DPPOConfig(env_id="Pendulum-v1", kl_coef_rule="max").validate()
+    with pytest.raises(ConfigError, match="kl_stop 'any'"):
+        DPPOConfig(env_id="Pendulum-v1", kl_stop="any").validate()
+    with pytest.raises(ConfigError, match="straggler_mode 'async'"):
+        DPPOConfig(env_id="Pendulum-v1", straggler_mode="async").validate()
+    # the preset, written before kl_stop and straggler_mode existed, loads with their defaults
+    preset = load_config(DPPOConfig, ROOT / "scripts" / "configs" / "halfcheetah_dppo.yaml")
+    assert (preset.kl_stop, preset.straggler_mode, preset.num_report) == ("per_worker", "drop_gradients", 0)
     with pytest.raises(ConfigError, match="needs a 1-D Box action space"):
         DPPO(DPPOConfig(env_id="CartPole-v1", policy_type="gru", num_steps=20, **TINY), console=False)
 
@@ -324,8 +376,8 @@ def _two_worker_job(out_dir: str) -> None:
                      "ret_rms": algo.env.ret_rms.var.clone()}
         algo.close()
     # 3. straggler preemption: D = 1 of 2, rank 1 is slow
-    algo = DPPO(DPPOConfig(**{**cfg, "num_steps": 100}, num_report=1, straggler_check_windows=1),
-                console=False)
+    algo = DPPO(DPPOConfig(**{**cfg, "num_steps": 100}, num_report=1, straggler_check_windows=1,
+                           straggler_mode="preempt_collection"), console=False)
     if rank == 1:
         step = algo.env.venv.step
 
@@ -393,6 +445,111 @@ def test_straggler_is_preempted_once_d_workers_reported(two_workers):
     total = sum(2 * (s1 + s2) for (s1, _), (s2, _) in zip(fast["local"], slow["local"]))
     assert fast["steps"] == slow["steps"] == total  # global count of what was really collected
     assert torch.equal(fast["policy"], slow["policy"])
+
+
+SLOW_STEP_S = 0.3  # the slowed worker's extra time per gradient step
+
+
+def _record_updates(algo: DPPO) -> list[dict]:
+    """Wrap ``algo.update`` to keep each iteration's local statistics (before the report
+    reduces the ``_``-prefixed ones)."""
+    rows: list[dict] = []
+    update = algo.update
+
+    def recording(*args):
+        stats = update(*args)
+        rows.append(dict(stats))
+        return stats
+
+    algo.update = recording
+    return rows
+
+
+def _straggler_job(out_dir: str) -> None:
+    """Runs in each of 2 spawned workers: the per-worker KL stop and D-of-W gradient dropping."""
+    torch.set_num_threads(1)
+    rank, _ = distributed.rank_and_world_size()
+    # 3 sub-iterations x 2 minibatches = 6 lockstep steps per iteration; 2 iterations
+    cfg = dict(env_id="Pendulum-v1", num_envs=2, num_steps=50, window_length=10, num_minibatches=2,
+               policy_iters=3, value_iters=3, learning_rate=1e-2, total_steps=400, **TINY)
+    res: dict = {}
+    # 1. KL stop: the KL a worker sees is inflated 1e6x (rank 1, or both), so it is past the
+    # bound from the second step on (the first step is at pi_old: KL 0)
+    for name, rule, inflated in (("per_worker", "per_worker", (1,)), ("mean", "mean", (1,)),
+                                 ("both_stop", "per_worker", (0, 1))):
+        algo = DPPO(DPPOConfig(**cfg, kl_stop=rule), console=False)
+        if rank in inflated:
+            loss_fn = algo._policy_loss
+
+            def inflate(*args, loss_fn=loss_fn):
+                loss, ex = loss_fn(*args)
+                return loss, ex * torch.tensor([1e6, 1.0, 1.0])
+
+            algo._policy_loss = inflate
+        rows = _record_updates(algo)
+        algo.learn(400)
+        res[name] = {"rows": rows, "policy": _flat(algo.policy), "value": _flat(algo.value_fn)}
+        algo.close()
+    # 2. D of W: rank 1 takes SLOW_STEP_S longer for every gradient; D = 2 waits for it, D = 1 not
+    for d in (2, 1):
+        algo = DPPO(DPPOConfig(**cfg, num_report=d), console=False)
+        if rank == 1:
+            grads = algo._step_grads
+
+            def slow(*args, grads=grads, **kw):
+                time.sleep(SLOW_STEP_S)
+                return grads(*args, **kw)
+
+            algo._step_grads = slow
+        rows = _record_updates(algo)
+        algo.learn(400)
+        res[f"d{d}"] = {"rows": rows, "policy": _flat(algo.policy), "value": _flat(algo.value_fn),
+                        "steps": algo.num_timesteps}
+        algo.close()
+    torch.save(res, Path(out_dir) / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def straggler_workers(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stragglers")
+    distributed.spawn(_straggler_job, (str(out),), 2, threads=1, timeout_s=60)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.timeout(120)
+def test_kl_stop_per_worker_lets_the_others_go_on_and_keeps_collectives_in_step(straggler_workers):
+    a, b = straggler_workers
+    for name in ("per_worker", "mean", "both_stop"):  # no deadlock, parameters still identical
+        assert torch.equal(a[name]["policy"], b[name]["policy"]) and torch.equal(a[name]["value"], b[name]["value"])
+    # per worker: rank 1 stops sending policy gradients; rank 0's steps go on to the end (6)
+    for r0, r1 in zip(a["per_worker"]["rows"], b["per_worker"]["rows"]):
+        assert (r0["_kl_stopped_local"], r1["_kl_stopped_local"]) == (0.0, 1.0)
+        assert r0["train/policy_steps"] == r1["train/policy_steps"] == 6
+        assert r0["train/policy_stopped_early"] == 0.0
+    # mean: rank 1's KL drags the mean past the bound, the second step is discarded for everyone
+    # per worker, both past the bound: the steps end once both have stopped
+    for name in ("mean", "both_stop"):
+        for row in a[name]["rows"] + b[name]["rows"]:
+            assert row["train/policy_steps"] == 1 and row["train/policy_stopped_early"] == 1.0, name
+    assert not torch.equal(a["per_worker"]["policy"], a["mean"]["policy"])
+
+
+@pytest.mark.timeout(120)
+def test_d_of_w_update_never_waits_for_a_slow_worker_and_drops_its_late_gradients(straggler_workers):
+    fast, slow = straggler_workers
+    for d in ("d2", "d1"):  # the late worker still gets the new parameters
+        assert torch.equal(fast[d]["policy"], slow[d]["policy"]) and torch.equal(fast[d]["value"], slow[d]["value"])
+        assert len(fast[d]["rows"]) == 2 and fast[d]["steps"] == 400
+    # D = W: every step waits for the slow gradient
+    for row in fast["d2"]["rows"] + slow["d2"]["rows"]:
+        assert row["_late_local"] == 0 and row["_step_s_local"] >= SLOW_STEP_S
+    # D = W - 1: the steps go on with the fast worker's gradient alone
+    for row_fast, row_slow in zip(fast["d1"]["rows"], slow["d1"]["rows"]):
+        assert row_fast["_late_local"] == 0
+        assert row_slow["_late_local"] >= 5  # of 6 steps (the fast worker is 0.3 s faster each)
+        assert row_fast["_step_s_local"] < SLOW_STEP_S / 3, row_fast["_step_s_local"]
+        assert row_fast["train/policy_steps"] == 6
+    assert not torch.equal(fast["d1"]["policy"], fast["d2"]["policy"])
 
 
 def _reduce_inputs(rank: int) -> dict[str, torch.Tensor]:

@@ -16,10 +16,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils import parameters_to_vector
 
 from mbmpo import Gorila, GorilaConfig
 from mbmpo.baselines.gorila import (
+    ActorCore,
     BundleCore,
+    LearnerCore,
     LossFilter,
     ParamClient,
     ParameterServer,
@@ -299,6 +302,75 @@ def test_components_learn_cartpole_without_ray():
     assert after > 150 > 30 > before, (before, after)
 
 
+def _server_actor_client(cfg: GorilaConfig, acting_steps: int = 100):
+    """An in-process server shard, its client and an actor whose replay holds ``acting_steps``."""
+    algo = Gorila(cfg, console=False)
+    srv = ParameterServer(algo._server_states[0], cfg.learning_rate, cfg.adagrad_eps, cfg.max_staleness)
+    client = ParamClient([srv], [algo.num_params], remote=False)
+    actor = ActorCore(algo.spec, 0, client)
+    actor.act(acting_steps, 0)
+    return algo, srv, client, actor
+
+
+def test_target_network_is_refreshed_from_the_server_every_n_updates():
+    n = 4
+    cfg = GorilaConfig(**{**CARTPOLE, "learning_starts": 0, "batch_size": 16, "target_update_every": n,
+                          "loss_outlier_k": 0.0}, num_actors=1)
+    algo, srv, client, actor = _server_actor_client(cfg)
+    learner = LearnerCore(algo.spec, 0, client, actor.replay)
+    params_at = {}  # server version -> the server's parameters at that version
+    last, refreshes = None, []
+    gen = torch.Generator().manual_seed(0)
+    for i in range(40):
+        if i % 7 == 6:  # another learner's pushes move the global count on by 3
+            for _ in range(3):
+                params_at[srv.version] = srv.params.clone()
+                client.push(0.01 * torch.randn(algo.num_params, generator=gen), [srv.version])
+        v = srv.version  # the version this learner update pulls
+        params_at[v] = srv.params.clone()
+        learner.learn(1)
+        due = last is None or v - last >= n
+        if due:
+            last = v
+            refreshes.append(v)
+        assert learner._target_version == last
+        # the target holds exactly the server's parameters of the refresh, not newer ones
+        assert torch.equal(parameters_to_vector(learner.target.parameters()), params_at[last]), (i, v, last)
+    assert learner.num_target_updates == len(refreshes) >= 8
+    assert all(b - a >= n for a, b in zip(refreshes, refreshes[1:]))
+    assert srv.version == 40 + 3 * 5  # every push applied (nothing stale, no outlier rule)
+    algo.close()
+
+
+def test_a_delayed_learners_gradients_are_dropped_as_stale():
+    # learner 1's pushes are held back while learner 0 makes `lag` updates: a delay in time made
+    # deterministic. Gradients more than max_staleness = 3 versions old are dropped.
+    cfg = GorilaConfig(**{**CARTPOLE, "learning_starts": 0, "batch_size": 16, "max_staleness": 3,
+                          "loss_outlier_k": 0.0}, num_actors=1, num_learners=2)
+    algo, srv, client, actor = _server_actor_client(cfg)
+    fast = LearnerCore(algo.spec, 0, client, actor.replay)
+    slow_client = ParamClient([srv], [algo.num_params], remote=False)
+    slow = LearnerCore(algo.spec, 1, slow_client, actor.replay)
+    lag = [0]
+    push_pull = slow_client.push_pull
+
+    def delayed_push_pull(grad, versions):
+        fast.learn(lag[0])
+        return push_pull(grad, versions)
+
+    slow_client.push_pull = delayed_push_pull
+    for lag[0], stale in ((3, False), (4, True), (0, False)):
+        before = (srv.version, srv.num_dropped_stale)
+        out = slow.learn(5)
+        assert out["pushed"] == 5
+        assert out["dropped_stale"] == (5 if stale else 0) and out["applied"] == (0 if stale else 5)
+        # the fast learner's pushes are always fresh: all applied
+        assert srv.version - before[0] == 5 * lag[0] + out["applied"]
+        assert srv.num_dropped_stale - before[1] == out["dropped_stale"]
+    assert srv.num_dropped_stale == 5
+    algo.close()
+
+
 def test_in_process_components_are_deterministic():
     kw = {**CARTPOLE, "learning_starts": 200, "num_actors": 1}
     a, _ = in_process_run(GorilaConfig(**kw), 800)
@@ -439,6 +511,46 @@ def test_cartpole_two_actors_one_learner(ray_session, tmp_path):
     assert int(rows[-1]["server/dropped_stale_total"]) == 0  # one learner: never stale
     assert after > max(5 * before, 80), (before, after)
     assert (out / "checkpoints" / "last.pt").is_file() and any((out / "tb").iterdir())
+    algo.close()
+
+
+class SlowLearner(LearnerCore):
+    """Learner 1 sleeps before each push: by then the other learner has moved the server on,
+    so its gradients arrive stale."""
+
+    delay_s = 0.3
+
+    def __init__(self, spec, index, params, replay):
+        super().__init__(spec, index, params, replay)
+        if index == 1:
+            push_pull = self.params.push_pull
+
+            def delayed(grad, versions):
+                time.sleep(self.delay_s)
+                return push_pull(grad, versions)
+
+            self.params.push_pull = delayed
+
+
+class SlowLearnerGorila(Gorila):
+    learner_cls = SlowLearner
+
+
+@pytest.mark.timeout(120)
+def test_delayed_learner_run_drops_and_logs_stale_gradients(ray_session, tmp_path):
+    # pytest imports this file under a name Ray's processes cannot import: send the class itself
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = tmp_path / "run"
+    cfg = GorilaConfig(**{**CARTPOLE, "learning_starts": 300}, num_actors=1, num_learners=2,
+                       total_steps=2000, log_every=1000, eval_every=0, updates_per_step=0.0,
+                       updates_per_call=10, max_staleness=2)
+    algo = SlowLearnerGorila(cfg, out_dir=out, console=False)
+    algo.learn()
+    last = read_rows(out)[-1]
+    stale, outlier = int(last["learner/dropped_stale_total"]), int(last["learner/dropped_outlier_total"])
+    assert stale > 0 and stale == int(last["server/dropped_stale_total"]) == algo.num_dropped_stale
+    # every update was dropped as an outlier by its learner, or pushed and then applied or dropped
+    assert int(last["server/applied_total"]) + stale + outlier == algo.num_updates
     algo.close()
 
 

@@ -9,6 +9,8 @@ from mbmpo.errors import ConfigError
 
 POLICY_TYPES = ("mlp", "gru", "lstm")
 KL_COEF_RULES = ("per_worker", "mean")
+KL_STOP_RULES = ("per_worker", "mean")
+STRAGGLER_MODES = ("drop_gradients", "preempt_collection", "both")
 
 
 @dataclass
@@ -54,14 +56,33 @@ class DPPOConfig(BaseConfig):
     """xi: weight of the max(0, KL - 2 KL_target)^2 hinge [H]."""
     kl_stop_factor: float = 4.0
     """Stop the policy sub-iterations once KL > this * KL_target ([H], worker algorithm); 0 disables."""
+    kl_stop: str = "per_worker"
+    """Who the KL stop applies to. 'per_worker' ([H], worker algorithm: each worker tests
+    its own KL before sending a gradient): a worker whose local minibatch KL exceeds the bound
+    stops sending policy gradients for the rest of the iteration, while the others' averaged
+    steps go on (and reach its parameters); the policy steps end once every worker stopped.
+    'mean': everyone stops, and the step is discarded, once the sample-weighted mean KL of
+    the workers exceeds the bound (this library's rule before issue 41)."""
     kl_coef_rule: str = "per_worker"
     """Lambda update: 'per_worker' ([H]: each worker's KL moves the shared lambda by
-    alpha_hat = 1 + (alpha - 1) / W) or 'mean' (one x alpha / : alpha step on the mean KL)."""
+    alpha_hat = 1 + (alpha - 1) / W; [H] writes the divisor as K, see
+    :func:`~mbmpo.baselines.dppo.worker.adapt_kl_coef_per_worker`) or 'mean' (one
+    x alpha / : alpha step on the mean KL)."""
     num_report: int = 0
-    """D: update once D of the W workers have finished collecting; the others stop early
-    (straggler preemption). 0 means D = W (fully synchronous) [H]."""
+    """D of [H]: with D < W stragglers are not waited for (how: ``straggler_mode``). 0 means
+    D = W (fully synchronous, every gradient step averages all W workers)."""
+    straggler_mode: str = "drop_gradients"
+    """With D < W: 'drop_gradients' ([H], chief algorithm): every gradient step averages the
+    gradients of the first D workers to report and drops the late ones for that step (the
+    late workers still apply the step); 'preempt_collection': once D workers have finished
+    collecting, the others stop collecting early and contribute what they have, and every
+    gradient step waits for all W; 'both'."""
     straggler_check_windows: int = 5
-    """With D < W, a worker checks the finished-worker counter every this many K-step windows."""
+    """Collection preemption: a worker checks the finished-worker counter every this many
+    K-step windows."""
+    report_poll_s: float = 0.001
+    """Gradient dropping: a worker whose gradient is not ready checks this often (seconds)
+    whether D others have reported."""
     policy_type: str = "mlp"
     """'mlp' (feed-forward) or a recurrent 'gru' / 'lstm' policy and value function."""
     rnn_size: int = 64
@@ -78,7 +99,7 @@ class DPPOConfig(BaseConfig):
         super().validate()
         _positive(self, "window_length", "policy_iters", "value_iters", "num_minibatches",
                   "learning_rate", "value_learning_rate", "adam_eps", "kl_target", "rnn_size",
-                  "straggler_check_windows", "collective_timeout_s")
+                  "straggler_check_windows", "report_poll_s", "collective_timeout_s")
         if self.num_steps % self.window_length:
             raise ConfigError(f"num_steps {self.num_steps} must be a multiple of window_length "
                               f"{self.window_length}")
@@ -93,6 +114,12 @@ class DPPOConfig(BaseConfig):
         if self.kl_coef_rule not in KL_COEF_RULES:
             raise ConfigError(f"kl_coef_rule {self.kl_coef_rule!r} is not allowed; use one of "
                               f"{list(KL_COEF_RULES)}")
+        if self.kl_stop not in KL_STOP_RULES:
+            raise ConfigError(f"kl_stop {self.kl_stop!r} is not allowed; use one of "
+                              f"{list(KL_STOP_RULES)}")
+        if self.straggler_mode not in STRAGGLER_MODES:
+            raise ConfigError(f"straggler_mode {self.straggler_mode!r} is not allowed; use one of "
+                              f"{list(STRAGGLER_MODES)}")
         if self.policy_type not in POLICY_TYPES:
             raise ConfigError(f"policy_type {self.policy_type!r} is not allowed; use one of "
                               f"{list(POLICY_TYPES)}")

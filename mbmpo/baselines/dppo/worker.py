@@ -5,8 +5,9 @@ W workers (processes) each step their own env copies; every iteration each worke
 
 1. collects T steps per env copy with the current policy, normalizing observations and
    rewards with statistics it updates locally after every step. With ``num_report`` D < W
-   the collection is preempted once D workers have finished (a counter in the process
-   group's store); the stragglers contribute what they have (whole K-step windows);
+   and ``straggler_mode`` 'preempt_collection' (or 'both') the collection is preempted once D
+   workers have finished (a counter in the process group's store); the stragglers
+   contribute what they have (whole K-step windows);
 2. merges its new normalization samples into the global statistics (one all_reduce, so
    every worker holds identical statistics afterwards);
 3. computes K-step returns with value bootstrap (:func:`mbmpo.returns.k_step_returns`);
@@ -16,12 +17,17 @@ W workers (processes) each step their own env copies; every iteration each worke
    the workers' gradients (weighted by their sample counts) with one all_reduce and applies
    the same Adam step everywhere, so parameters stay bit-identical on all workers. The j-th
    policy step and the j-th value step share that all_reduce (the value function does not
-   read the policy). The policy sub-iterations stop once the mean KL exceeds
-   ``kl_stop_factor · KL_target``;
+   read the policy). The KL stop (``kl_stop``, bound ``kl_stop_factor · KL_target``) is
+   tested per worker as in the appendix: a worker whose own KL exceeds the bound sends no
+   more policy gradients this iteration, the others' steps go on; with ``kl_stop: mean``
+   everyone stops on the mean KL. With D < W and ``straggler_mode`` 'drop_gradients' (or
+   'both') each step averages the first D gradients to arrive and drops the late ones
+   (:meth:`DPPO._report_in_time`);
 5. adapts the shared λ (``kl_coef_rule``): ``"per_worker"`` is the appendix's rule — each
-   worker applies ×α̂ / ÷α̂ with α̂ = 1 + (α − 1)/W on its own KL, and the W updates of
-   the shared λ are applied in rank order on every worker; ``"mean"`` applies ×α / ÷α on
-   the sample-weighted mean KL.
+   worker applies ×α̂ / ÷α̂ with α̂ = 1 + (α − 1)/W on its own KL (the appendix writes the
+   divisor as K; :func:`adapt_kl_coef_per_worker` says why this code uses W), and the W
+   updates of the shared λ are applied in rank order on every worker; ``"mean"`` applies
+   ×α / ÷α on the sample-weighted mean KL.
 
 With ``policy_type`` gru/lstm the policy and value function are recurrent; they are trained
 with truncated BPTT over the K-step windows: each window starts from the hidden state
@@ -35,6 +41,8 @@ sharing the episodes) and checkpoints; a resumed run may use a different W.
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +72,21 @@ def adapt_kl_coef_per_worker(kl_coef: float, worker_kls: Sequence[float], kl_tar
                              alpha: float = 1.5, beta_high: float = 2.0, beta_low: float = 0.5) -> float:
     """The appendix's distributed rule: lambda is shared and each of the W workers applies
     :func:`adapt_kl_coef` on its own KL with ``alpha_hat = 1 + (alpha - 1) / W``.
+
+    What the appendix writes, and why W: its worker algorithm ends each iteration with
+    "λ ← α̂λ" / "λ ← λ/α̂" on the worker's own KL and sets α̂ = 1 + (α − 1)/K without
+    defining K in that sentence. The only K the appendix defines is the length of the
+    partial trajectories (K-step returns, ``window_length`` here), which has nothing to do
+    with how often λ changes: λ is updated once per iteration by each worker, never per
+    K-step window. What α̂ has to undo is that W workers each move the one shared λ once per
+    iteration; when all W agree, λ changes by α̂^W = (1 + (α − 1)/W)^W, which is about α for
+    any W (1.5, 1.56, 1.60, 1.64 for W = 1, 2, 4, 16 with α = 1.5): the same rate as a single
+    PPO learner. Dividing by the window length instead (K = 10 by default, 32 in the
+    HalfCheetah preset) would make λ move ln α / (W ln(1 + (α − 1)/K)) times more slowly
+    than that rule: 8x (K = 10) to 26x (K = 32) with one worker, 2x to 6.5x with four, a
+    slowdown tied to the return window, a setting unrelated to λ. So this code reads K as
+    the number of workers; ``kl_coef_rule: mean`` is the single-learner rule applied to the
+    mean KL.
 
     The updates are multiplications, so the shared lambda after all W of them does not depend
     on their order; they are applied in rank order so every worker computes the same float.
@@ -114,6 +137,26 @@ def _take_dist(dist: Any, batch: _Batch, idx: Tensor | None = None) -> Any:
     return type(dist)(*(batch.take(f, idx) for f in dist))
 
 
+class _Local(NamedTuple):
+    """One worker's part of a lockstep step: gradients (None: not computed), extras and
+    sample counts of the policy ([kl, surrogate, loss]) and of the value function ([loss])."""
+
+    pi_grads: Sequence[Tensor] | None
+    pi_extras: Tensor
+    pi_n: int
+    v_grads: Sequence[Tensor] | None
+    v_extras: Tensor
+    v_n: int
+
+
+class _Job(NamedTuple):
+    """A gradient computation running in the update thread (D-of-W mode): its (iteration,
+    step) and future."""
+
+    step: tuple[int, int]
+    future: concurrent.futures.Future
+
+
 class DPPO(OnPolicyAlgorithm):
     """Distributed PPO; one instance per worker, all inside one ``torch.distributed`` group.
 
@@ -138,6 +181,10 @@ class DPPO(OnPolicyAlgorithm):
         self._states: tuple[Tensor, Tensor] | None = None  # recurrent (policy, value) states [N, S]
         self._comm_s = 0.0
         self._last_train_return = math.nan
+        # D-of-W gradient dropping: one thread computes gradients on a copy of the networks
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._shadow: tuple[nn.Module, nn.Module] | None = None
+        self._job: _Job | None = None
 
     # ----- construction hooks ---------------------------------------------------------
     def _make_env(self, seed: int) -> VecNormalize:
@@ -273,6 +320,14 @@ class DPPO(OnPolicyAlgorithm):
         d = self.config.num_report
         return self.world_size if d == 0 else min(d, self.world_size)
 
+    def _preempts_collection(self) -> bool:
+        return (self._num_report() < self.world_size
+                and self.config.straggler_mode in ("preempt_collection", "both"))
+
+    def _drops_late_gradients(self) -> bool:
+        return (self._num_report() < self.world_size
+                and self.config.straggler_mode in ("drop_gradients", "both"))
+
     def _collect(self) -> tuple[Rollout, bool]:
         """This worker's rollout and whether it finished all T steps (False: preempted)."""
         c = self.config
@@ -281,7 +336,7 @@ class DPPO(OnPolicyAlgorithm):
             self._states = (self.policy.initial_state(n), self.value_fn.initial_state(n))
         hook = self._on_step if self.recurrent else None
         need = self._num_report()
-        if need >= self.world_size:  # fully synchronous: nobody is preempted
+        if not self._preempts_collection():  # nobody is preempted
             chunk, key = c.num_steps, None
         else:
             chunk, key = c.window_length * c.straggler_check_windows, f"collected/{self.iteration}"
@@ -310,7 +365,7 @@ class DPPO(OnPolicyAlgorithm):
         vec = self._all_reduce(torch.cat([moments, tail]))
         merge_new_moments(stats, vec[: -len(tail)])
         steps, preempted, ret_sum, num_eps, len_sum = vec[-len(tail):].tolist()
-        if self.rank == 0 and self._num_report() < self.world_size:
+        if self.rank == 0 and self._preempts_collection():
             # everyone is past the collection: this iteration's counter is read no more
             distributed.store().delete_key(f"collected/{self.iteration}")
         return {"steps": int(steps), "preempted": int(preempted), "ret_sum": ret_sum,
@@ -347,48 +402,146 @@ class DPPO(OnPolicyAlgorithm):
                       w(returns), w(rollout.extras["value"]), w(rollout.timesteps == 0),
                       self._window_starts(rollout, "pi_state"), self._window_starts(rollout, "v_state"))
 
-    def _dist(self, b: _Batch, idx: Tensor | None = None) -> Any:
+    def _dist(self, b: _Batch, idx: Tensor | None = None, policy: nn.Module | None = None) -> Any:
         """Policy distribution on units ``idx`` (all when None), unflattened."""
+        policy = self.policy if policy is None else policy
         if not b.recurrent:
-            return self.policy(b.obs if idx is None else b.obs[idx])
+            return policy(b.obs if idx is None else b.obs[idx])
         if idx is None:
-            return self.policy(b.obs, b.pi_h0, b.resets)
-        return self.policy(b.obs[:, idx], b.pi_h0[idx], b.resets[:, idx])
+            return policy(b.obs, b.pi_h0, b.resets)
+        return policy(b.obs[:, idx], b.pi_h0[idx], b.resets[:, idx])
 
-    def _values(self, b: _Batch, idx: Tensor) -> Tensor:
+    def _values(self, b: _Batch, idx: Tensor, value_fn: nn.Module | None = None) -> Tensor:
+        value_fn = self.value_fn if value_fn is None else value_fn
         if not b.recurrent:
-            return self.value_fn(b.obs[idx])
-        return self.value_fn(b.obs[:, idx], b.v_h0[idx], b.resets[:, idx]).reshape(-1)
+            return value_fn(b.obs[idx])
+        return value_fn(b.obs[:, idx], b.v_h0[idx], b.resets[:, idx]).reshape(-1)
 
-    def _average_step(self, params: list[Tensor], grads: Sequence[Tensor | None], n: int,
-                      extras: Tensor) -> tuple[Tensor, float]:
-        """Average the workers' gradients, weighted by their sample counts ``n``, in one
-        all_reduce; returns the weighted mean of ``extras`` and the total count. A ``None``
-        gradient (a worker with no samples in this minibatch) counts as zero. The averaged
-        gradient is left in ``p.grad``."""
-        dev = params[0].device
-        flat_g = torch.cat([(g.reshape(-1) * n if g is not None else
-                             torch.zeros(p.numel(), device=dev)) for p, g in zip(params, grads)])
-        flat = self._all_reduce(torch.cat([flat_g, extras.float().to(dev) * n,
-                                           torch.tensor([float(n)], device=dev)]))
-        total = float(flat[-1])
-        if total > 0:
-            g, i = flat[: flat_g.numel()] / total, 0
-            for p in params:
-                p.grad = g[i : i + p.numel()].view_as(p).clone()
-                i += p.numel()
-        return flat[flat_g.numel() : -1] / max(total, 1.0), total
-
-    def _policy_loss(self, b: _Batch, old: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def _policy_loss(self, b: _Batch, old: Any, idx: Tensor, policy: nn.Module | None = None
+                     ) -> tuple[Tensor, Tensor]:
         """[H] appendix A: -ratio*A + lambda*KL + xi*max(0, KL - 2 KL_target)^2 on units ``idx``;
         returns (loss, [kl, surrogate, loss] detached)."""
         c = self.config
-        dist = _take_dist(self._dist(b, idx), b)
+        dist = _take_dist(self._dist(b, idx, policy), b)
         ratio = (dist.log_prob(b.take(b.act, idx)) - b.take(b.logp, idx)).exp()
         surrogate = (ratio * b.take(b.adv, idx)).mean()
         kl = _take_dist(old, b, idx).kl(dist).mean()
         loss = -surrogate + self.kl_coef * kl + c.kl_hinge_coef * torch.relu(kl - 2.0 * c.kl_target) ** 2
         return loss, torch.stack([kl, surrogate, loss]).detach()
+
+    def _step_grads(self, b: _Batch, old: Any, pi_idx: Tensor, v_idx: Tensor, policy_on: bool,
+                    value_on: bool, nets: tuple[nn.Module, nn.Module] | None = None) -> _Local:
+        """This worker's gradients for one lockstep step: the policy's on minibatch ``pi_idx``
+        (when ``policy_on``) and the value function's on ``v_idx`` (when ``value_on``).
+
+        ``nets`` are the (policy, value) modules to differentiate, the live ones when None;
+        the D-of-W mode passes copies, so that this can run in a thread while the live
+        parameters take the averaged step.
+        """
+        policy, value_fn = (self.policy, self.value_fn) if nets is None else nets
+        g_pi, ex_pi, n_pi = None, torch.zeros(3), 0
+        g_v, ex_v, n_v = None, torch.zeros(1), 0
+        if policy_on:
+            n_pi = pi_idx.numel() * b.steps_per_unit
+            if n_pi:
+                loss, ex_pi = self._policy_loss(b, old, pi_idx, policy)
+                g_pi = torch.autograd.grad(loss, list(policy.parameters()))
+        if value_on:
+            n_v = v_idx.numel() * b.steps_per_unit  # the same split sizes as the policy's
+            if n_v:
+                v_loss = 0.5 * ((self._values(b, v_idx, value_fn) - b.take(b.ret, v_idx)) ** 2).mean()
+                g_v = torch.autograd.grad(v_loss, list(value_fn.parameters()))
+                ex_v = v_loss.detach().reshape(1)
+        return _Local(g_pi, ex_pi, n_pi, g_v, ex_v, n_v)
+
+    # ----- D of W: the first D gradients of a step are averaged, late ones dropped ---------
+    def _sync_shadow(self) -> None:
+        """Copy the live networks into the update thread's copies."""
+        if self._shadow is None:
+            self._shadow = (copy.deepcopy(self.policy), copy.deepcopy(self.value_fn))
+        with torch.no_grad():
+            for live, shadow in zip((self.policy, self.value_fn), self._shadow):
+                for a, z in zip((*live.parameters(), *live.buffers()),
+                                (*shadow.parameters(), *shadow.buffers())):
+                    z.copy_(a)
+
+    def _report_in_time(self, step: int, args: tuple) -> _Local | None:
+        """This worker's part of lockstep step ``step`` when each step takes the first D
+        gradients to arrive ([H], chief algorithm: "wait until D gradients are available,
+        average them and update"); None when it was late (the step goes on without it).
+
+        The gradient is computed in a thread on a copy of the networks, while this thread
+        watches a counter in the process group's store. A worker whose gradient is ready
+        adds itself to the counter, and the first D to do so are in time. A worker whose
+        gradient is not ready once D others have reported gives up on it and joins the step
+        at once with nothing (its computation finishes in the background and is dropped; it
+        starts the next one on the parameters of that moment). So nobody waits for a slow
+        worker's gradient: the all_reduce that follows only waits for every worker to notice
+        (about ``report_poll_s``). Every worker adds exactly once per step, so the counter
+        of step s starts at s * W (one key per iteration, deleted after the update).
+        """
+        c = self.config
+        need, key, base = self._num_report(), f"reported/{self.iteration}", step * self.world_size
+        this = (self.iteration, step)  # a dropped job of an earlier iteration may have the same step
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dppo-grad")
+        deadline = time.monotonic() + c.collective_timeout_s
+        while True:
+            job = self._job
+            if job is None or (job.step != this and job.future.done()):
+                if job is not None:
+                    job.future.result()  # a dropped computation: raise its error, if any
+                self._sync_shadow()
+                job = self._job = _Job(this, self._pool.submit(self._step_grads, *args, nets=self._shadow))
+            concurrent.futures.wait([job.future], timeout=c.report_poll_s)
+            if job.step == this and job.future.done():
+                break
+            if self._store_add(key, 0) - base >= need:
+                break  # D others have reported: late for this step
+            if time.monotonic() > deadline:
+                raise distributed.PeerLostError(
+                    f"worker rank {self.rank}: fewer than D = {need} workers reported gradient "
+                    f"step {step} within {c.collective_timeout_s:g} s (timed out)")
+        order = self._store_add(key, 1) - base  # 1-based arrival order
+        if job.step == this and job.future.done():
+            self._job = None
+            local = job.future.result()
+            return local if order <= need else None
+        return None
+
+    def _reduce_step(self, groups: Sequence[tuple[list[Tensor], Sequence[Tensor] | None, int, Tensor]],
+                     tail: Sequence[float]) -> tuple[list[tuple[Tensor, float]], Tensor]:
+        """One all_reduce for a lockstep step. ``groups`` are (params, local gradients or
+        None, weight, extras): each group's gradients and extras are summed weighted by the
+        workers' weights (sample counts; 0 for a worker that sends nothing), and the weighted
+        mean gradient of a group with total weight > 0 is left in ``p.grad``. ``tail`` is
+        summed as is. Returns [(weighted mean of extras, total weight)] per group and the
+        summed tail."""
+        dev = groups[0][0][0].device
+        grads_flat, extras_flat, weights = [], [], []
+        for params, grads, w, extras in groups:
+            if grads is None or w == 0:
+                grads_flat.append(torch.zeros(sum(p.numel() for p in params), device=dev))
+            else:
+                grads_flat += [g.reshape(-1) * w for g in grads]
+            extras_flat.append(extras.float().to(dev) * w)
+            weights.append(float(w))
+        num_g, num_ex = sum(t.numel() for t in grads_flat), sum(t.numel() for t in extras_flat)
+        flat = self._all_reduce(torch.cat([*grads_flat, *extras_flat,
+                                           torch.tensor([*weights, *tail], device=dev)]))
+        totals = flat[num_g + num_ex : num_g + num_ex + len(groups)].tolist()
+        out, i, j = [], 0, num_g
+        for (params, _, _, extras), total in zip(groups, totals):
+            if total > 0:
+                g = flat[i : i + sum(p.numel() for p in params)] / total
+                k = 0
+                for p in params:
+                    p.grad = g[k : k + p.numel()].view_as(p).clone()
+                    k += p.numel()
+            i += sum(p.numel() for p in params)
+            out.append((flat[j : j + extras.numel()] / max(total, 1.0), total))
+            j += extras.numel()
+        return out, flat[num_g + num_ex + len(groups) :]
 
     def update(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
         """M policy and B value sub-iterations with averaged gradients; returns local and
@@ -397,8 +550,21 @@ class DPPO(OnPolicyAlgorithm):
         The value function is fitted to fixed returns and never reads the policy, so its
         minibatch steps run in lockstep with the policy's: the j-th policy step and the j-th
         value step share one all_reduce (half the synchronization points; each costs the
-        collective's latency plus the wait for the slowest worker). Once the KL stop fires or the M policy sub-iterations are done,
-        the remaining steps are value-only."""
+        collective's latency plus the wait for the slowest worker). Once the policy steps
+        end (the KL stop, or the M policy sub-iterations are done), the remaining steps are
+        value-only.
+
+        KL stop, ``kl_stop: per_worker`` ([H], worker algorithm: "if KL > 4 KL_target:
+        break"): before sending a policy gradient each worker tests the KL of its own
+        minibatch at the current parameters; past the bound it sends no more policy
+        gradients this iteration. The collectives stay in lockstep: a stopped worker still
+        joins every step's all_reduce, with a zero policy gradient of weight 0, and applies
+        the average of the workers still going, as the appendix's stopped worker takes the
+        parameters the chief goes on updating; the policy steps end for everyone once every
+        worker has stopped (a count carried in the same all_reduce). ``kl_stop: mean``:
+        the sample-weighted mean minibatch KL of all workers is tested after the all_reduce,
+        and past the bound that step is discarded and the policy steps end for everyone.
+        """
         c = self.config
         if c.anneal_lr:
             frac = max(0.0, 1.0 - self.num_timesteps / self.total_steps)
@@ -409,11 +575,14 @@ class DPPO(OnPolicyAlgorithm):
         b = self._make_batch(rollout, advantages, returns)
         with torch.no_grad():
             old = self._dist(b).detach()  # pi_old, frozen
-        target = c.kl_target
-        n_pi, n_v = len(self.policy_params), len(self.value_params)
-        policy_rows, value_rows, policy_steps, stopped = [], [], 0, False
+        bound = c.kl_stop_factor * c.kl_target
+        per_worker_stop = c.kl_stop == "per_worker" and c.kl_stop_factor > 0
+        drop_late = self._drops_late_gradients()
+        policy_rows, value_rows, policy_steps = [], [], 0
+        policy_done = stopped_here = False  # the policy steps ended for all / for this worker
+        step, late, step_s = 0, 0, 0.0
         for epoch in range(max(c.policy_iters, c.value_iters)):
-            policy_on, value_on = epoch < c.policy_iters and not stopped, epoch < c.value_iters
+            policy_on, value_on = epoch < c.policy_iters and not policy_done, epoch < c.value_iters
             if not (policy_on or value_on):
                 break
             # both orders are drawn every epoch, so the value fit does not depend on when (or
@@ -422,59 +591,59 @@ class DPPO(OnPolicyAlgorithm):
                                               device=self.generator.device) for _ in range(2))
             for pi_idx, v_idx in zip(torch.tensor_split(pi_perm, c.num_minibatches),
                                      torch.tensor_split(v_perm, c.num_minibatches)):
-                policy_on = policy_on and not stopped
+                policy_on = policy_on and not policy_done
                 if not (policy_on or value_on):
                     break
-                params: list[Tensor] = []
-                grads: list[Tensor | None] = []
-                extras, n = [], 0
+                t0 = time.perf_counter()
+                args = (b, old, pi_idx, v_idx, policy_on and not stopped_here, value_on)
+                local = self._report_in_time(step, args) if drop_late else self._step_grads(*args)
+                step += 1
+                if local is None:  # late: this step goes on without this worker's gradients
+                    late += 1
+                    local = _Local(None, torch.zeros(3), 0, None, torch.zeros(1), 0)
+                pi_w = local.pi_n
+                if per_worker_stop and pi_w and local.pi_extras[0].item() > bound:
+                    stopped_here, pi_w = True, 0  # [H]: KL too far from pi_old, send no more
+                groups = []
                 if policy_on:
-                    n = pi_idx.numel() * b.steps_per_unit
-                    g_pi, ex = [None] * n_pi, torch.zeros(3)
-                    if n:
-                        loss, ex = self._policy_loss(b, old, pi_idx)
-                        g_pi = list(torch.autograd.grad(loss, self.policy_params))
-                    params += self.policy_params
-                    grads += g_pi
-                    extras.append(ex)
+                    groups.append((self.policy_params, local.pi_grads, pi_w, local.pi_extras))
                 if value_on:
-                    n = v_idx.numel() * b.steps_per_unit  # the same split sizes as the policy's
-                    g_v, ex = [None] * n_v, torch.zeros(1)
-                    if n:
-                        v_loss = 0.5 * ((self._values(b, v_idx) - b.take(b.ret, v_idx)) ** 2).mean()
-                        g_v = list(torch.autograd.grad(v_loss, self.value_params))
-                        ex = v_loss.detach().reshape(1)
-                    params += self.value_params
-                    grads += g_v
-                    extras.append(ex)
-                means, total = self._average_step(params, grads, n, torch.cat(extras))
-                if total == 0:
-                    continue
+                    groups.append((self.value_params, local.v_grads, local.v_n, local.v_extras))
+                results, tail = self._reduce_step(groups, [float(policy_on and not stopped_here)])
                 if policy_on:
-                    if c.kl_stop_factor > 0 and means[0].item() > c.kl_stop_factor * target:
-                        stopped = True  # [H]: KL too far from pi_old, end this iteration's policy steps
+                    (means, total), results = results[0], results[1:]
+                    if c.kl_stop == "mean" and c.kl_stop_factor > 0 and total > 0 and means[0].item() > bound:
+                        policy_done = stopped_here = True  # the mean KL is past the bound: all stop
                         for p in self.policy_params:
                             p.grad = None
-                    else:
+                    elif total > 0:
                         if c.max_grad_norm > 0:
                             nn.utils.clip_grad_norm_(self.policy_params, c.max_grad_norm, foreach=True)
                         self.policy_optimizer.step()
-                        policy_rows.append(means[:3])
+                        policy_rows.append(means)
                         policy_steps += 1
+                    if tail[0].item() == 0:
+                        policy_done = True  # every worker has stopped
                 if value_on:
-                    if c.max_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(self.value_params, c.max_grad_norm, foreach=True)
-                    self.value_optimizer.step()
-                    value_rows.append(means[-1:])
+                    means, total = results[0]
+                    if total > 0:
+                        if c.max_grad_norm > 0:
+                            nn.utils.clip_grad_norm_(self.value_params, c.max_grad_norm, foreach=True)
+                        self.value_optimizer.step()
+                        value_rows.append(means)
+                step_s += time.perf_counter() - t0
         with torch.no_grad():
             new = _take_dist(self._dist(b), b)
             kl_local = _take_dist(old, b).kl(new).mean().item()
             entropy_local = new.entropy().mean().item()
-        stats = {"train/policy_steps": float(policy_steps), "train/policy_stopped_early": float(stopped),
+        ended_early = policy_done and policy_steps < c.policy_iters * c.num_minibatches
+        stats = {"train/policy_steps": float(policy_steps), "train/policy_stopped_early": float(ended_early),
                  "train/learning_rate": self.policy_optimizer.param_groups[0]["lr"],
                  "train/explained_variance": explained_variance(b.take(b.old_val), b.take(b.ret)),
                  "_kl_local": kl_local, "_entropy_local": entropy_local,
-                 "_num_samples": float(b.num_units * b.steps_per_unit)}
+                 "_num_samples": float(b.num_units * b.steps_per_unit),
+                 "_kl_stopped_local": float(stopped_here), "_late_local": float(late),
+                 "_step_s_local": step_s / max(step, 1)}
         if policy_rows:  # none when the KL stop fired before the first step
             kl_mb, surrogate, loss = torch.stack(policy_rows).mean(0).tolist()
             stats.update({"loss/policy": loss, "train/surrogate": surrogate,
@@ -484,29 +653,42 @@ class DPPO(OnPolicyAlgorithm):
         return stats
 
     def _reduce_report(self, stats: dict[str, float], timings: Sequence[float]) -> dict[str, float]:
-        """One all_reduce of every worker's KL, sample count, entropy and time split; then the
-        lambda rule (identical inputs, so identical lambda on every worker)."""
+        """One all_reduce of every worker's KL, sample count, entropy, KL stop, late gradients,
+        step time and time split; then the lambda rule (identical inputs, so identical lambda
+        on every worker)."""
         w, r = self.world_size, self.rank
-        vec = torch.zeros(3 * w + len(timings), dtype=torch.float64)
-        vec[r], vec[w + r], vec[2 * w + r] = (stats.pop("_kl_local"), stats.pop("_num_samples"),
-                                              stats.pop("_entropy_local"))
-        vec[3 * w :] = torch.tensor(timings, dtype=torch.float64)
+        names = ("_kl_local", "_num_samples", "_entropy_local", "_kl_stopped_local", "_late_local",
+                 "_step_s_local")
+        vec = torch.zeros(len(names) * w + len(timings), dtype=torch.float64)
+        for i, name in enumerate(names):
+            vec[i * w + r] = stats.pop(name)
+        vec[len(names) * w :] = torch.tensor(timings, dtype=torch.float64)
         self._all_reduce(vec)
-        kls, ns, ents = vec[:w].tolist(), vec[w : 2 * w], vec[2 * w : 3 * w]
-        kl_mean = float((vec[:w] * ns).sum() / ns.sum())
+        if self.rank == 0 and self._drops_late_gradients():
+            # everyone is past the update: this iteration's arrival counter is read no more
+            distributed.store().delete_key(f"reported/{self.iteration}")
+        kls, ns, ents, stopped, late, step_s = (vec[i * w : (i + 1) * w] for i in range(len(names)))
+        kl_mean = float((kls * ns).sum() / ns.sum())
         c = self.config
-        stats.update({"train/kl": kl_mean, "train/kl_max_worker": max(kls),
-                      "train/kl_coef": self.kl_coef,
-                      "loss/entropy": float((ents * ns).sum() / ns.sum())})
+        stats.update({"train/kl": kl_mean, "train/kl_max_worker": float(kls.max()),
+                      "train/kl_coef": self.kl_coef, "train/kl_stopped_workers": float(stopped.sum()),
+                      "loss/entropy": float((ents * ns).sum() / ns.sum()),
+                      "dist/late_gradients": float(late.sum()), "time/step_ms": 1000 * float(step_s.mean())})
         if c.kl_coef_rule == "per_worker":
-            self.kl_coef = adapt_kl_coef_per_worker(self.kl_coef, kls, c.kl_target, c.kl_alpha,
+            self.kl_coef = adapt_kl_coef_per_worker(self.kl_coef, kls.tolist(), c.kl_target, c.kl_alpha,
                                                     c.kl_beta_high, c.kl_beta_low)
         else:
             self.kl_coef = adapt_kl_coef(self.kl_coef, kl_mean, c.kl_target, c.kl_alpha,
                                          c.kl_beta_high, c.kl_beta_low)
-        for name, total in zip(("collect_s", "comm_s", "update_s"), vec[3 * w :].tolist()):
+        for name, total in zip(("collect_s", "comm_s", "update_s"), vec[len(names) * w :].tolist()):
             stats[f"time/{name}"] = total / w  # mean over workers
         return stats
+
+    def close(self) -> None:
+        if self._pool is not None:  # a dropped gradient computation may still be running
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._job = None, None
+        super().close()
 
     def _iteration_seed(self) -> int:
         # sampling noise and minibatch order: a function of (seed, rank, iteration), so a

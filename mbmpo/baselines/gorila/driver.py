@@ -58,6 +58,11 @@ class Gorila(Algorithm):
     algo_name: ClassVar[str] = "gorila"
     config_cls: ClassVar[type[BaseConfig]] = GorilaConfig
     console_keys: ClassVar[list[str]] = CONSOLE_KEYS
+    # the classes run as Ray actors; a subclass may swap in its own (e.g. a learner delayed
+    # on purpose, to watch the staleness rule drop its gradients)
+    actor_cls: ClassVar[type] = ActorCore
+    learner_cls: ClassVar[type] = LearnerCore
+    bundle_cls: ClassVar[type] = BundleCore
 
     def __init__(self, config: GorilaConfig, out_dir: str | Path | None = None, console: bool = True):
         super().__init__(config, out_dir, console)
@@ -93,6 +98,7 @@ class Gorila(Algorithm):
         self.generator = torch.Generator().manual_seed(c.seed)
         self.num_updates = 0
         self.num_dropped_outlier = 0
+        self.num_dropped_stale = 0  # pushes the server dropped as stale, from the learners' replies
         self.events: list[str] = []
         self._ray: Any = None
         self._owns_ray = False
@@ -179,7 +185,7 @@ class Gorila(Algorithm):
             return self._arg_refs[-1]
 
         if c.mode == "bundled":
-            bundle_cls = ray.remote(BundleCore)
+            bundle_cls = ray.remote(self.bundle_cls)
             for i in range(c.num_actors):
                 self._workers[f"bundle{i}"] = bundle_cls.options(name=f"{prefix}-bundle{i}", **opts).remote(
                     self.spec, i, client, replay_state(i))
@@ -191,8 +197,8 @@ class Gorila(Algorithm):
                 ).remote(self.obs_dim, len(self.spec.action_nvec), c.replay_capacity, c.seed + 999,
                          replay_state(0))
             # threaded: a local memory serves learners' samples while the actor steps its envs
-            actor_cls = ray.remote(ActorCore)
-            learner_cls = ray.remote(LearnerCore)
+            actor_cls = ray.remote(self.actor_cls)
+            learner_cls = ray.remote(self.learner_cls)
             for i in range(c.num_actors):
                 target = RemoteReplay(replay_name) if c.replay == "global" else None
                 self._workers[f"actor{i}"] = actor_cls.options(
@@ -359,6 +365,7 @@ class Gorila(Algorithm):
                 acc[k] += learn.get(k, 0)
             self.num_updates += learn.get("updates", 0)
             self.num_dropped_outlier += learn.get("dropped_outlier", 0)
+            self.num_dropped_stale += learn.get("dropped_stale", 0)
         return res.get("steps", 0) if steps else 0
 
     def _wait_one(self) -> int:
@@ -426,6 +433,7 @@ class Gorila(Algorithm):
             log.record("learner/loss", acc["loss_sum"] / acc["updates"])
             log.record("learner/q_mean", acc["q_sum"] / acc["updates"])
         log.record("learner/dropped_outlier_total", self.num_dropped_outlier)
+        log.record("learner/dropped_stale_total", self.num_dropped_stale)
         log.record("server/version", server["version"])
         log.record("server/applied_total", server["applied"])
         log.record("server/dropped_stale_total", server["dropped_stale"])
@@ -452,7 +460,8 @@ class Gorila(Algorithm):
             "servers": self._server_states,
             "generator": self.generator.get_state(),
             "counters": {**self.counters(), "num_updates": self.num_updates,
-                         "num_dropped_outlier": self.num_dropped_outlier},
+                         "num_dropped_outlier": self.num_dropped_outlier,
+                         "num_dropped_stale": self.num_dropped_stale},
         }
         if self.config.checkpoint_replay:
             state["replay"] = [s for s in self._replay_states if s is not None]
@@ -484,6 +493,7 @@ class Gorila(Algorithm):
         self.restore_counters(cnt)
         self.num_updates = int(cnt.get("num_updates", 0))
         self.num_dropped_outlier = int(cnt.get("num_dropped_outlier", 0))
+        self.num_dropped_stale = int(cnt.get("num_dropped_stale", 0))
         self._sync_local()
 
     def close(self) -> None:
