@@ -22,6 +22,8 @@ _LAZY = {
     "DPPOConfig": "mbmpo.baselines.dppo",
     "Gorila": "mbmpo.baselines.gorila",
     "GorilaConfig": "mbmpo.baselines.gorila",
+    "SAC": "mbmpo.baselines.sac",
+    "SACConfig": "mbmpo.baselines.sac",
     "BaseConfig": "mbmpo.config",
 }
 
@@ -37,5 +39,6 @@ def __getattr__(name: str) -> Any:
                 "ppo": (__getattr__("PPO"), __getattr__("PPOConfig")),
                 "trpo": (__getattr__("TRPO"), __getattr__("TRPOConfig")),
                 "dppo": (__getattr__("DPPO"), __getattr__("DPPOConfig")),
-                "gorila": (__getattr__("Gorila"), __getattr__("GorilaConfig"))}
+                "gorila": (__getattr__("Gorila"), __getattr__("GorilaConfig")),
+                "sac": (__getattr__("SAC"), __getattr__("SACConfig"))}
     raise AttributeError(f"module 'mbmpo' has no attribute {name!r}")

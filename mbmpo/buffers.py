@@ -93,7 +93,8 @@ class TransitionDataset:
     """FIFO store of real transitions ``(obs, act, next_obs, reward, terminated)``.
 
     Holds at most ``capacity`` rows (oldest dropped first); ``act_dtype`` int64 stores
-    discrete action indices (:class:`ReplayBuffer`). ``state_dict`` /
+    discrete action indices (:class:`ReplayBuffer`); :meth:`sample` draws uniform minibatches
+    (experience replay: Gorila, SAC). ``state_dict`` /
     ``load_state_dict`` put the data in checkpoints so a resumed run loses none of it.
     ``num_keys > 0`` gives every row ``num_keys`` uniform keys in [0, 1), drawn when the
     row is added and kept with it (``arrays()["keys"]`` ``[size, num_keys]``): a split of
@@ -167,6 +168,27 @@ class TransitionDataset:
         out.update({name: store[idx] for name, store in self.columns.items()})
         return out
 
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``batch_size`` rows drawn uniformly with replacement (``obs [B, obs_dim]``,
+        ``act [B, act_dim]``, ``next_obs``, ``reward [B]``, ``terminated [B]``).
+
+        Draws are positions in the oldest-first order of :meth:`arrays`, so a store rebuilt
+        from :meth:`state_dict` returns the same rows for the same generator state."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(self.size, (batch_size,), generator=generator)
+        if self.size == self.capacity and self.ptr:  # wrapped ring: oldest row at ptr
+            idx = (idx + self.ptr) % self.capacity
+        return {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
+                "reward": self.reward[idx], "terminated": self.terminated[idx]}
+
+    def sample_batches(self, num_batches: int, batch_size: int,
+                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``num_batches`` independent batches stacked: each field ``[num_batches, batch_size, ...]``
+        (one gather serves a whole chunk of updates)."""
+        flat = self.sample(num_batches * batch_size, generator)
+        return {k: v.reshape(num_batches, batch_size, *v.shape[1:]) for k, v in flat.items()}
+
     def state_dict(self) -> dict[str, Tensor | int]:
         return {**self.arrays(), "capacity": self.capacity}
 
@@ -185,7 +207,7 @@ class TransitionDataset:
 
 class ReplayBuffer(TransitionDataset):
     """Uniform experience replay (DQN / Gorila): the FIFO store of :class:`TransitionDataset`
-    with discrete actions ``[B, num_heads]`` (int64) and float32 observations, plus sampling.
+    with discrete actions ``[B, num_heads]`` (int64) and float32 observations.
 
     A row is ``(obs, act, next_obs, reward, terminated)``; ``next_obs`` is the final
     observation at a time-limit truncation and ``terminated`` is False there, so the TD
@@ -194,20 +216,3 @@ class ReplayBuffer(TransitionDataset):
 
     def __init__(self, obs_dim: int, num_heads: int = 1, capacity: int = 100_000):
         super().__init__(obs_dim, num_heads, capacity, dtype=torch.float32, act_dtype=torch.int64)
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """``batch_size`` rows drawn uniformly with replacement (``obs [B, obs_dim]``,
-        ``act [B, num_heads]``, ``next_obs``, ``reward [B]``, ``terminated [B]``)."""
-        if self.size == 0:
-            raise ValueError("cannot sample from an empty replay buffer")
-        idx = torch.randint(self.size, (batch_size,), generator=generator)
-        # rows 0..size-1 are all valid whether or not the ring has wrapped
-        return {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
-                "reward": self.reward[idx], "terminated": self.terminated[idx]}
-
-    def sample_batches(self, num_batches: int, batch_size: int,
-                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """``num_batches`` independent batches stacked: each field ``[num_batches, batch_size, ...]``
-        (one remote call serves a learner's whole chunk of updates)."""
-        flat = self.sample(num_batches * batch_size, generator)
-        return {k: v.reshape(num_batches, batch_size, *v.shape[1:]) for k, v in flat.items()}

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from mbmpo import DPPOConfig, GorilaConfig, MBMPOConfig, PPOConfig, TRPOConfig
+from mbmpo import DPPOConfig, GorilaConfig, MBMPOConfig, PPOConfig, SACConfig, TRPOConfig
 from mbmpo.algorithm import record_environment
 from mbmpo.checkpoint import load_checkpoint, save_checkpoint
 from mbmpo.config import config_from_dict, load_config
@@ -48,7 +48,7 @@ def test_there_are_presets():
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_presets_load_and_validate(preset):
     config_classes = {"ppo": PPOConfig, "trpo": TRPOConfig, "mbmpo": MBMPOConfig, "dppo": DPPOConfig,
-                      "gorila": GorilaConfig}
+                      "gorila": GorilaConfig, "sac": SACConfig}
     algo = yaml.safe_load(preset.read_text()).get("algo")
     assert algo in config_classes, f"{preset.name}: algo {algo!r} is not one of {sorted(config_classes)}"
     cls = config_classes[algo]
