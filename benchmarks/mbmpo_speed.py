@@ -71,11 +71,11 @@ def phases(run_dir: Path, process_s: float) -> dict[str, float]:
     return out
 
 
-def run(src: Path, out: Path, steps: int, threads: int, device: str) -> float:
+def run(src: Path, out: Path, steps: int, threads: int, device: str, extra: list[str]) -> float:
     """Train the preset from source tree ``src`` into ``out``; returns the process's wall clock."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [sys.executable, str(src / "scripts" / "train.py"), "--preset", PRESET, "--total-steps", str(steps),
-           "--seed", "0", "--threads", str(threads), "--out", str(out), "--eval-every", "4000"]
+           "--seed", "0", "--threads", str(threads), "--out", str(out), "--eval-every", "4000", *extra]
     if device != "cpu":
         cmd += ["--device", device]
     t0 = time.perf_counter()
@@ -118,6 +118,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mbmpo_speed"))
     p.add_argument("--profile", action="store_true", help="only write the torch profiler summary")
+    p.add_argument("--bf16", action="store_true", help="also run today's code with imagined_precision bfloat16")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,12 +135,14 @@ def main() -> int:
             old_src = Path(tmp) / "old"
             subprocess.run(["git", "worktree", "add", "--detach", str(old_src), args.old], cwd=ROOT, check=True,
                            capture_output=True)
-            sources.append((f"old {args.old}", old_src))
-        sources.append((f"new {head}", ROOT))
+            sources.append((f"old {args.old}", old_src, []))
+        sources.append((f"new {head}", ROOT, []))
+        if args.bf16:
+            sources.append((f"new {head} bf16", ROOT, ["--imagined-precision", "bfloat16"]))
         try:
-            for label, src in sources:
-                run_dir = Path(tmp) / label.split()[0]
-                sec = run(src, run_dir, args.steps, args.threads, args.device)
+            for label, src, extra in sources:
+                run_dir = Path(tmp) / label.replace(" ", "_")
+                sec = run(src, run_dir, args.steps, args.threads, args.device, extra)
                 results[label] = phases(run_dir, sec)
                 print(f"{label}: {sec:.0f} s", flush=True)
         finally:
@@ -148,14 +151,14 @@ def main() -> int:
                                capture_output=True)
     labels = list(results)
     print(f"\nMB-MPO HalfCheetah preset, {args.steps} real steps, {args.threads} threads, {args.device}")
-    print(f"{'phase':<20}" + "".join(f"{lab:>24}" for lab in labels) + ("   speed-up" if len(labels) == 2 else ""))
+    print(f"{'phase':<20}" + "".join(f"{lab:>24}" for lab in labels) + ("   speed-up" if len(labels) >= 2 else ""))
     with open(out / "speed.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["phase", *labels])
         for ph in [*PHASES, "total"]:
             vals = [results[lab][ph] for lab in labels]
             w.writerow([ph, *(f"{v:.2f}" for v in vals)])
-            ratio = f"{vals[0] / vals[1]:>10.2f}x" if len(vals) == 2 and vals[1] > 0 else ""
+            ratio = "".join(f"{vals[0] / v:>9.2f}x" for v in vals[1:] if v > 0) if len(vals) >= 2 else ""
             print(f"{ph:<20}" + "".join(f"{v:>24.1f}" for v in vals) + ratio)
     (out / "speed.json").write_text(json.dumps({"steps": args.steps, "threads": args.threads, "device": args.device,
                                                 "seconds": results}, indent=2) + "\n")
