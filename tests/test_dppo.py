@@ -19,7 +19,7 @@ import torch
 
 from mbmpo import distributed
 from mbmpo.baselines.dppo import DPPO, DPPOConfig, adapt_kl_coef_per_worker
-from mbmpo.baselines.dppo.worker import _Batch
+from mbmpo.baselines.dppo.batch import Batch
 from mbmpo.buffers import from_windows, to_windows
 from mbmpo.checkpoint import load_checkpoint
 from mbmpo.config import load_config
@@ -294,7 +294,7 @@ def test_loss_hinge_term_on_a_hand_made_batch():
         mu_old = mu + shift * torch.tensor([[1.0], [-1.0], [0.5], [2.0], [-0.5]])
         old = DiagGaussian(mu_old, torch.full_like(mu_old, math.log(sigma_old)))
         logp_old = old.log_prob(act)
-        b = _Batch(obs, act, logp_old, adv, torch.zeros(5), torch.zeros(5), None, None, None)
+        b = Batch(obs, act, logp_old, adv, torch.zeros(5), torch.zeros(5), None, None, None)
         loss, ex = algo._policy_loss(b, old, idx)
         # by hand: Gaussian log-densities and KL[N(mu_old, 0.9) || N(mu, 1)] per state
         m, m0, a = mu[:, 0].double(), mu_old[:, 0].double(), act[:, 0].double()

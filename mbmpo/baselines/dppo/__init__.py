@@ -21,7 +21,8 @@ from mbmpo.baselines.dppo.config import (
     DPPOConfig,
 )
 from mbmpo.baselines.dppo.launcher import launch
-from mbmpo.baselines.dppo.worker import DPPO, adapt_kl_coef_per_worker
+from mbmpo.baselines.dppo.worker import DPPO
+from mbmpo.kl_penalty import adapt_kl_coef_per_worker
 
 __all__ = ["DPPO", "KL_COEF_RULES", "KL_STOP_RULES", "POLICY_TYPES", "STRAGGLER_MODES", "DPPOConfig",
            "adapt_kl_coef_per_worker", "launch"]

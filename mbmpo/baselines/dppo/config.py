@@ -66,7 +66,7 @@ class DPPOConfig(BaseConfig):
     kl_coef_rule: str = "per_worker"
     """Lambda update: 'per_worker' ([H]: each worker's KL moves the shared lambda by
     alpha_hat = 1 + (alpha - 1) / W; [H] writes the divisor as K, see
-    :func:`~mbmpo.baselines.dppo.worker.adapt_kl_coef_per_worker`) or 'mean' (one
+    :func:`~mbmpo.kl_penalty.adapt_kl_coef_per_worker`) or 'mean' (one
     x alpha / : alpha step on the mean KL)."""
     num_report: int = 0
     """D of [H]: with D < W stragglers are not waited for (how: ``straggler_mode``). 0 means

@@ -1,42 +1,29 @@
 """Distributed PPO (Heess et al. 2017, "Emergence of Locomotion Behaviours in Rich
-Environments", appendix A) on ``torch.distributed``.
+Environments", appendix A) on ``torch.distributed``; docs/dppo.md has the details.
 
 W workers (processes) each step their own env copies; every iteration each worker
 
-1. collects T steps per env copy with the current policy, normalizing observations and
-   rewards with statistics it updates locally after every step. With ``num_report`` D < W
-   and ``straggler_mode`` 'preempt_collection' (or 'both') the collection is preempted once D
-   workers have finished (a counter in the process group's store); the stragglers
-   contribute what they have (whole K-step windows);
-2. merges its new normalization samples into the global statistics (one all_reduce, so
-   every worker holds identical statistics afterwards);
+1. collects T steps per env copy, normalizing observations and rewards with statistics it
+   updates locally (with ``num_report`` D < W and ``straggler_mode`` 'preempt_collection' or
+   'both', collection stops once D workers have finished; stragglers send whole K-step windows);
+2. merges its normalization samples into the global statistics (one all_reduce);
 3. computes K-step returns with value bootstrap (:func:`mbmpo.returns.k_step_returns`);
-4. runs M policy sub-iterations on (appendix A, worker algorithm)
-   ``J(θ) = mean_t[ratio_t A_t] − λ KL[π_old‖π_θ] − ξ max(0, KL[π_old‖π_θ] − 2 KL_target)²``
-   and B value sub-iterations on ``0.5 (V_φ(s_t) − R_t)²``; every gradient step averages
-   the workers' gradients (weighted by their sample counts) with one all_reduce and applies
-   the same Adam step everywhere, so parameters stay bit-identical on all workers. The j-th
-   policy step and the j-th value step share that all_reduce (the value function does not
-   read the policy). The KL stop (``kl_stop``, bound ``kl_stop_factor · KL_target``) is
-   tested per worker as in the appendix: a worker whose own KL exceeds the bound sends no
-   more policy gradients this iteration, the others' steps go on; with ``kl_stop: mean``
-   everyone stops on the mean KL. With D < W and ``straggler_mode`` 'drop_gradients' (or
-   'both') each step averages the first D gradients to arrive and drops the late ones
-   (:meth:`DPPO._report_in_time`);
-5. adapts the shared λ (``kl_coef_rule``): ``"per_worker"`` is the appendix's rule — each
-   worker applies ×α̂ / ÷α̂ with α̂ = 1 + (α − 1)/W on its own KL (the appendix writes the
-   divisor as K; :func:`adapt_kl_coef_per_worker` says why this code uses W), and the W
-   updates of the shared λ are applied in rank order on every worker; ``"mean"`` applies
-   ×α / ÷α on the sample-weighted mean KL.
+4. runs M policy sub-iterations on ``J(θ) = mean_t[ratio_t A_t] − λ KL[π_old‖π_θ] −
+   ξ max(0, KL − 2 KL_target)²`` and B value sub-iterations on ``0.5 (V_φ(s_t) − R_t)²``; each
+   gradient step averages the workers' gradients (weighted by sample counts) with one
+   all_reduce and applies the same Adam step everywhere (parameters stay bit-identical). The
+   KL stop (``kl_stop``) is tested per worker as in the appendix: a worker over the bound sends
+   no more policy gradients this iteration (``mean``: everyone stops on the mean KL). With
+   D < W and ``straggler_mode`` 'drop_gradients' or 'both', each step averages the first D
+   gradients to arrive and drops the late ones (:meth:`DPPO._report_in_time`);
+5. adapts the shared λ (``kl_coef_rule``): ``per_worker`` is the appendix's rule
+   (:func:`mbmpo.kl_penalty.adapt_kl_coef_per_worker`), ``mean`` the single-learner rule on
+   the mean KL.
 
-With ``policy_type`` gru/lstm the policy and value function are recurrent; they are trained
-with truncated BPTT over the K-step windows: each window starts from the hidden state
-recorded while collecting (states are carried across windows and iterations, and reset at
-episode starts), and no gradient flows into earlier windows.
-
-Launching: :func:`mbmpo.baselines.dppo.launch` spawns W local processes (loopback) or,
-under ``torchrun``, runs as one of its workers. Rank 0 logs, evaluates (with all workers
-sharing the episodes) and checkpoints; a resumed run may use a different W.
+With ``policy_type`` gru/lstm the networks are recurrent and trained with truncated BPTT over
+the K-step windows, each window starting from the hidden state recorded while collecting.
+:func:`mbmpo.baselines.dppo.launch` spawns W local processes (loopback) or runs under
+``torchrun``; rank 0 logs, evaluates and checkpoints; a resumed run may use another W.
 """
 
 from __future__ import annotations
@@ -47,114 +34,25 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mbmpo import distributed
+from mbmpo.baselines.dppo.batch import Batch, GradJob, LocalGrads, reduce_step, take_dist
 from mbmpo.baselines.dppo.config import DPPOConfig
 from mbmpo.buffers import Rollout, concat_rollouts, from_windows, to_windows
 from mbmpo.envs import evaluate_episodes
 from mbmpo.errors import ConfigError
-from mbmpo.kl_penalty import adapt_kl_coef
+from mbmpo.kl_penalty import adapt_kl_coef, adapt_kl_coef_per_worker
 from mbmpo.normalization import merge_new_moments, pack_new_moments
 from mbmpo.on_policy import OnPolicyAlgorithm
 from mbmpo.returns import explained_variance, k_step_returns, normalize_advantages
 from mbmpo.sampler import collect
 from mbmpo.wrappers import VecNormalize
 from policies import RecurrentGaussianPolicy, RecurrentValue
-
-
-# ----- the lambda rule (pure functions; the single-learner rule is mbmpo.kl_penalty.adapt_kl_coef) --
-def adapt_kl_coef_per_worker(kl_coef: float, worker_kls: Sequence[float], kl_target: float,
-                             alpha: float = 1.5, beta_high: float = 2.0, beta_low: float = 0.5) -> float:
-    """The appendix's distributed rule: lambda is shared and each of the W workers applies
-    :func:`adapt_kl_coef` on its own KL with ``alpha_hat = 1 + (alpha - 1) / W``.
-
-    What the appendix writes, and why W: its worker algorithm ends each iteration with
-    "λ ← α̂λ" / "λ ← λ/α̂" on the worker's own KL and sets α̂ = 1 + (α − 1)/K without
-    defining K in that sentence. The only K the appendix defines is the length of the
-    partial trajectories (K-step returns, ``window_length`` here), which has nothing to do
-    with how often λ changes: λ is updated once per iteration by each worker, never per
-    K-step window. What α̂ has to undo is that W workers each move the one shared λ once per
-    iteration; when all W agree, λ changes by α̂^W = (1 + (α − 1)/W)^W, which is about α for
-    any W (1.5, 1.56, 1.60, 1.64 for W = 1, 2, 4, 16 with α = 1.5): the same rate as a single
-    PPO learner. Dividing by the window length instead (K = 10 by default, 32 in the
-    HalfCheetah preset) would make λ move ln α / (W ln(1 + (α − 1)/K)) times more slowly
-    than that rule: 8x (K = 10) to 26x (K = 32) with one worker, 2x to 6.5x with four, a
-    slowdown tied to the return window, a setting unrelated to λ. So this code reads K as
-    the number of workers; ``kl_coef_rule: mean`` is the single-learner rule applied to the
-    mean KL.
-
-    The updates are multiplications, so the shared lambda after all W of them does not depend
-    on their order; they are applied in rank order so every worker computes the same float.
-    """
-    if not worker_kls:
-        raise ValueError("worker_kls is empty")
-    alpha_hat = 1.0 + (alpha - 1.0) / len(worker_kls)
-    for kl in worker_kls:
-        kl_coef = adapt_kl_coef(kl_coef, kl, kl_target, alpha_hat, beta_high, beta_low)
-    return kl_coef
-
-
-class _Batch(NamedTuple):
-    """One worker's batch, in the units minibatches are drawn from: samples ``[n, ...]``
-    (feed-forward) or K-step windows, time-major ``[K, S, ...]`` (recurrent)."""
-
-    obs: Tensor
-    act: Tensor
-    logp: Tensor
-    adv: Tensor
-    ret: Tensor
-    old_val: Tensor
-    resets: Tensor | None  # [K, S] episode starts
-    pi_h0: Tensor | None  # [S, state] policy state at each window's first step
-    v_h0: Tensor | None
-
-    @property
-    def recurrent(self) -> bool:
-        return self.resets is not None
-
-    @property
-    def num_units(self) -> int:
-        return self.obs.shape[1] if self.recurrent else self.obs.shape[0]
-
-    @property
-    def steps_per_unit(self) -> int:
-        return self.obs.shape[0] if self.recurrent else 1
-
-    def take(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Rows of ``x`` for the units ``idx`` (all when None), flattened to ``[n, ...]``."""
-        if not self.recurrent:
-            return x if idx is None else x[idx]
-        x = x if idx is None else x[:, idx]
-        return x.reshape(-1, *x.shape[2:])
-
-
-def _take_dist(dist: Any, batch: _Batch, idx: Tensor | None = None) -> Any:
-    return type(dist)(*(batch.take(f, idx) for f in dist))
-
-
-class _Local(NamedTuple):
-    """One worker's part of a lockstep step: gradients (None: not computed), extras and
-    sample counts of the policy ([kl, surrogate, loss]) and of the value function ([loss])."""
-
-    pi_grads: Sequence[Tensor] | None
-    pi_extras: Tensor
-    pi_n: int
-    v_grads: Sequence[Tensor] | None
-    v_extras: Tensor
-    v_n: int
-
-
-class _Job(NamedTuple):
-    """A gradient computation running in the update thread (D-of-W mode): its (iteration,
-    step) and future."""
-
-    step: tuple[int, int]
-    future: concurrent.futures.Future
 
 
 class DPPO(OnPolicyAlgorithm):
@@ -184,7 +82,7 @@ class DPPO(OnPolicyAlgorithm):
         # D-of-W gradient dropping: one thread computes gradients on a copy of the networks
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._shadow: tuple[nn.Module, nn.Module] | None = None
-        self._job: _Job | None = None
+        self._job: GradJob | None = None
 
     # ----- construction hooks ---------------------------------------------------------
     def _make_env(self, seed: int) -> VecNormalize:
@@ -390,19 +288,19 @@ class DPPO(OnPolicyAlgorithm):
         x = rollout.extras[name][:: self.config.window_length]
         return x.reshape(-1, x.shape[-1])
 
-    def _make_batch(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> _Batch:
+    def _make_batch(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> Batch:
         adv = normalize_advantages(advantages)  # per-batch normalization ([H], "Normalization")
         if not self.recurrent:
             f = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-            return _Batch(rollout.flat("obs"), rollout.flat("actions"), rollout.flat("log_prob"),
+            return Batch(rollout.flat("obs"), rollout.flat("actions"), rollout.flat("log_prob"),
                           f(adv), f(returns), rollout.flat("value"), None, None, None)
         k = self.config.window_length
         w = lambda x: to_windows(x, k)  # noqa: E731
-        return _Batch(w(rollout.obs), w(rollout.actions), w(rollout.extras["log_prob"]), w(adv),
+        return Batch(w(rollout.obs), w(rollout.actions), w(rollout.extras["log_prob"]), w(adv),
                       w(returns), w(rollout.extras["value"]), w(rollout.timesteps == 0),
                       self._window_starts(rollout, "pi_state"), self._window_starts(rollout, "v_state"))
 
-    def _dist(self, b: _Batch, idx: Tensor | None = None, policy: nn.Module | None = None) -> Any:
+    def _dist(self, b: Batch, idx: Tensor | None = None, policy: nn.Module | None = None) -> Any:
         """Policy distribution on units ``idx`` (all when None), unflattened."""
         policy = self.policy if policy is None else policy
         if not b.recurrent:
@@ -411,26 +309,26 @@ class DPPO(OnPolicyAlgorithm):
             return policy(b.obs, b.pi_h0, b.resets)
         return policy(b.obs[:, idx], b.pi_h0[idx], b.resets[:, idx])
 
-    def _values(self, b: _Batch, idx: Tensor, value_fn: nn.Module | None = None) -> Tensor:
+    def _values(self, b: Batch, idx: Tensor, value_fn: nn.Module | None = None) -> Tensor:
         value_fn = self.value_fn if value_fn is None else value_fn
         if not b.recurrent:
             return value_fn(b.obs[idx])
         return value_fn(b.obs[:, idx], b.v_h0[idx], b.resets[:, idx]).reshape(-1)
 
-    def _policy_loss(self, b: _Batch, old: Any, idx: Tensor, policy: nn.Module | None = None
+    def _policy_loss(self, b: Batch, old: Any, idx: Tensor, policy: nn.Module | None = None
                      ) -> tuple[Tensor, Tensor]:
         """[H] appendix A: -ratio*A + lambda*KL + xi*max(0, KL - 2 KL_target)^2 on units ``idx``;
         returns (loss, [kl, surrogate, loss] detached)."""
         c = self.config
-        dist = _take_dist(self._dist(b, idx, policy), b)
+        dist = take_dist(self._dist(b, idx, policy), b)
         ratio = (dist.log_prob(b.take(b.act, idx)) - b.take(b.logp, idx)).exp()
         surrogate = (ratio * b.take(b.adv, idx)).mean()
-        kl = _take_dist(old, b, idx).kl(dist).mean()
+        kl = take_dist(old, b, idx).kl(dist).mean()
         loss = -surrogate + self.kl_coef * kl + c.kl_hinge_coef * torch.relu(kl - 2.0 * c.kl_target) ** 2
         return loss, torch.stack([kl, surrogate, loss]).detach()
 
-    def _step_grads(self, b: _Batch, old: Any, pi_idx: Tensor, v_idx: Tensor, policy_on: bool,
-                    value_on: bool, nets: tuple[nn.Module, nn.Module] | None = None) -> _Local:
+    def _step_grads(self, b: Batch, old: Any, pi_idx: Tensor, v_idx: Tensor, policy_on: bool,
+                    value_on: bool, nets: tuple[nn.Module, nn.Module] | None = None) -> LocalGrads:
         """This worker's gradients for one lockstep step: the policy's on minibatch ``pi_idx``
         (when ``policy_on``) and the value function's on ``v_idx`` (when ``value_on``).
 
@@ -452,7 +350,7 @@ class DPPO(OnPolicyAlgorithm):
                 v_loss = 0.5 * ((self._values(b, v_idx, value_fn) - b.take(b.ret, v_idx)) ** 2).mean()
                 g_v = torch.autograd.grad(v_loss, list(value_fn.parameters()))
                 ex_v = v_loss.detach().reshape(1)
-        return _Local(g_pi, ex_pi, n_pi, g_v, ex_v, n_v)
+        return LocalGrads(g_pi, ex_pi, n_pi, g_v, ex_v, n_v)
 
     # ----- D of W: the first D gradients of a step are averaged, late ones dropped ---------
     def _sync_shadow(self) -> None:
@@ -465,7 +363,7 @@ class DPPO(OnPolicyAlgorithm):
                                 (*shadow.parameters(), *shadow.buffers())):
                     z.copy_(a)
 
-    def _report_in_time(self, step: int, args: tuple) -> _Local | None:
+    def _report_in_time(self, step: int, args: tuple) -> LocalGrads | None:
         """This worker's part of lockstep step ``step`` when each step takes the first D
         gradients to arrive ([H], chief algorithm: "wait until D gradients are available,
         average them and update"); None when it was late (the step goes on without it).
@@ -492,7 +390,7 @@ class DPPO(OnPolicyAlgorithm):
                 if job is not None:
                     job.future.result()  # a dropped computation: raise its error, if any
                 self._sync_shadow()
-                job = self._job = _Job(this, self._pool.submit(self._step_grads, *args, nets=self._shadow))
+                job = self._job = GradJob(this, self._pool.submit(self._step_grads, *args, nets=self._shadow))
             concurrent.futures.wait([job.future], timeout=c.report_poll_s)
             if job.step == this and job.future.done():
                 break
@@ -508,40 +406,6 @@ class DPPO(OnPolicyAlgorithm):
             local = job.future.result()
             return local if order <= need else None
         return None
-
-    def _reduce_step(self, groups: Sequence[tuple[list[Tensor], Sequence[Tensor] | None, int, Tensor]],
-                     tail: Sequence[float]) -> tuple[list[tuple[Tensor, float]], Tensor]:
-        """One all_reduce for a lockstep step. ``groups`` are (params, local gradients or
-        None, weight, extras): each group's gradients and extras are summed weighted by the
-        workers' weights (sample counts; 0 for a worker that sends nothing), and the weighted
-        mean gradient of a group with total weight > 0 is left in ``p.grad``. ``tail`` is
-        summed as is. Returns [(weighted mean of extras, total weight)] per group and the
-        summed tail."""
-        dev = groups[0][0][0].device
-        grads_flat, extras_flat, weights = [], [], []
-        for params, grads, w, extras in groups:
-            if grads is None or w == 0:
-                grads_flat.append(torch.zeros(sum(p.numel() for p in params), device=dev))
-            else:
-                grads_flat += [g.reshape(-1) * w for g in grads]
-            extras_flat.append(extras.float().to(dev) * w)
-            weights.append(float(w))
-        num_g, num_ex = sum(t.numel() for t in grads_flat), sum(t.numel() for t in extras_flat)
-        flat = self._all_reduce(torch.cat([*grads_flat, *extras_flat,
-                                           torch.tensor([*weights, *tail], device=dev)]))
-        totals = flat[num_g + num_ex : num_g + num_ex + len(groups)].tolist()
-        out, i, j = [], 0, num_g
-        for (params, _, _, extras), total in zip(groups, totals):
-            if total > 0:
-                g = flat[i : i + sum(p.numel() for p in params)] / total
-                k = 0
-                for p in params:
-                    p.grad = g[k : k + p.numel()].view_as(p).clone()
-                    k += p.numel()
-            i += sum(p.numel() for p in params)
-            out.append((flat[j : j + extras.numel()] / max(total, 1.0), total))
-            j += extras.numel()
-        return out, flat[num_g + num_ex + len(groups) :]
 
     def update(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
         """M policy and B value sub-iterations with averaged gradients; returns local and
@@ -600,7 +464,7 @@ class DPPO(OnPolicyAlgorithm):
                 step += 1
                 if local is None:  # late: this step goes on without this worker's gradients
                     late += 1
-                    local = _Local(None, torch.zeros(3), 0, None, torch.zeros(1), 0)
+                    local = LocalGrads(None, torch.zeros(3), 0, None, torch.zeros(1), 0)
                 pi_w = local.pi_n
                 if per_worker_stop and pi_w and local.pi_extras[0].item() > bound:
                     stopped_here, pi_w = True, 0  # [H]: KL too far from pi_old, send no more
@@ -609,7 +473,7 @@ class DPPO(OnPolicyAlgorithm):
                     groups.append((self.policy_params, local.pi_grads, pi_w, local.pi_extras))
                 if value_on:
                     groups.append((self.value_params, local.v_grads, local.v_n, local.v_extras))
-                results, tail = self._reduce_step(groups, [float(policy_on and not stopped_here)])
+                results, tail = reduce_step(self._all_reduce, groups, [float(policy_on and not stopped_here)])
                 if policy_on:
                     (means, total), results = results[0], results[1:]
                     if c.kl_stop == "mean" and c.kl_stop_factor > 0 and total > 0 and means[0].item() > bound:
@@ -633,8 +497,8 @@ class DPPO(OnPolicyAlgorithm):
                         value_rows.append(means)
                 step_s += time.perf_counter() - t0
         with torch.no_grad():
-            new = _take_dist(self._dist(b), b)
-            kl_local = _take_dist(old, b).kl(new).mean().item()
+            new = take_dist(self._dist(b), b)
+            kl_local = take_dist(old, b).kl(new).mean().item()
             entropy_local = new.entropy().mean().item()
         ended_early = policy_done and policy_steps < c.policy_iters * c.num_minibatches
         stats = {"train/policy_steps": float(policy_steps), "train/policy_stopped_early": float(ended_early),
