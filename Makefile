@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 THREADS ?= 2
 TRAIN_ARGS ?= --preset scripts/configs/halfcheetah_mbmpo.yaml --total-steps 40000 --out runs/make_train --threads $(THREADS)
 
-.PHONY: venv train test lint bench clean
+.PHONY: venv train test lint bench reproduce clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ lint: venv
 bench: venv
 	$(PIP) install -c constraints.txt -e ".[dev,bench]"
 	$(PY) benchmarks/ppo_vs_sb3.py
+
+# The headline comparison (held-out seeds 100-104, every task and algorithm; many hours on 2 cores).
+# Re-running skips finished runs and resumes interrupted ones.
+reproduce: venv
+	$(PY) scripts/compare.py --spec scripts/configs/compare/headline.yaml --out benchmarks/results/headline --jobs 2
+	$(PY) scripts/compare.py --spec scripts/configs/compare/headline.yaml --envs HalfCheetah-v5 --only mbmpo \
+		--total-steps mbmpo=200000 --out benchmarks/results/headline --jobs 2
+	$(PY) scripts/compare.py --spec scripts/configs/compare/headline_learned_reward.yaml --out benchmarks/results/headline_learned_reward --jobs 2
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -23,6 +23,12 @@ Existing runs: --include LABEL[:ENV]=GLOB copies run directories or progress.csv
 LABEL (seed from their config.yaml or an _s<N> name); they are never retrained.
 --spec FILE.yaml holds the same settings (see scripts/configs/compare/*.yaml); flags given on
 the command line win. OUT/compare.yaml records the resolved comparison in that format.
+
+Protocol: seeds 100-104 are held out for headline figures. A comparison uses them only with
+--headline (or 'headline: true' in its spec), and a headline comparison uses no other seeds,
+imports no runs, evaluates every label the same way (HEADLINE_EVAL: 10 deterministic episodes,
+evaluation every 4000 real steps, i.e. at the first iteration end past it) and starts only from
+a clean git tree (--allow-dirty runs anyway and records it in compare.yaml).
 """
 
 from __future__ import annotations
@@ -62,7 +68,11 @@ TRAIN = ROOT / "scripts" / "train.py"
 CONFIGS = ROOT / "scripts" / "configs"
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 SPEC_KEYS = {"title", "envs", "seeds", "total_steps", "jobs", "threads", "variants", "include",
-             "report"}
+             "report", "headline", "source_dirty"}  # source_dirty: a record in compare.yaml, not a setting
+HELDOUT_SEEDS = range(100, 105)
+"""Seeds of headline figures: no tuning or screening comparison may use them."""
+HEADLINE_EVAL = {"eval_episodes": 10, "eval_every": 4000, "eval_deterministic": True}
+"""The evaluation every label of a headline comparison gets."""
 VARIANT_KEYS = {"algo", "preset", "set", "total_steps", "paper_score"}
 RESERVED = {"env_id", "seed", "total_steps"}  # set by --envs/--seeds/--total-steps
 
@@ -95,6 +105,8 @@ class Plan:
     jobs: int = 1
     threads: int = 0
     title: str = ""
+    headline: bool = False
+    source_dirty: bool = False
 
     def budget(self, label: str) -> int:
         v = self.variants.get(label)
@@ -345,12 +357,43 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     threads = int(args.threads if args.threads is not None else spec.get("threads", 0))
+    headline = bool(args.headline or spec.get("headline", False))
+    check_protocol(seeds, includes, headline)
+    dirty = headline and source_tree_dirty()
+    if dirty and not args.allow_dirty and not args.dry_run and not args.no_train:
+        raise ConfigError("the source tree has uncommitted changes: headline runs start from a clean commit "
+                          "(commit them, or --allow-dirty to run anyway and record it)")
     plan = Plan(Path(args.out).resolve(), envs, seeds, default_steps, variants, includes, settings,
-                jobs, threads, settings.title)
+                jobs, threads, settings.title, headline, dirty)
     for v in variants.values():
         for env in envs:
             run_config(v, env, plan)  # every bad value is reported before anything trains
     return plan
+
+
+def check_protocol(seeds: list[int], includes: list[Any], headline: bool) -> None:
+    """Held-out seeds only in headline comparisons, and nothing else there."""
+    held = [s for s in seeds if s in HELDOUT_SEEDS]
+    if headline:
+        other = [s for s in seeds if s not in HELDOUT_SEEDS]
+        if other:
+            raise ConfigError(f"a headline comparison runs the held-out seeds {HELDOUT_SEEDS.start}-"
+                              f"{HELDOUT_SEEDS.stop - 1} only, got seed {other[0]}")
+        if includes:
+            raise ConfigError("a headline comparison trains every run itself: --include is not allowed")
+    elif held:
+        raise ConfigError(f"seed {held[0]} is held out for headline figures (seeds {HELDOUT_SEEDS.start}-"
+                          f"{HELDOUT_SEEDS.stop - 1}); use --headline, or other seeds for tuning and screening")
+
+
+def source_tree_dirty() -> bool:
+    """Whether the repository has uncommitted changes to tracked files (False outside git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 def _num(text: str, flag: str) -> float:
@@ -401,6 +444,11 @@ def run_config(v: Variant, env: str, plan: Plan) -> dict[str, Any]:
                           "use --envs, --seeds or --total-steps")
     cfg = {k: val for k, val in data.items() if k not in RESERVED | {"algo"}}
     cfg.update(v.overrides)
+    if plan.headline:
+        pinned = sorted(set(HEADLINE_EVAL) & set(v.overrides))
+        if pinned:
+            raise ConfigError(f"label {v.label!r}: {pinned[0]!r} is set by the headline protocol for every label")
+        cfg.update(HEADLINE_EVAL)
     where = f"label {v.label!r} on {env}" + (f" (preset {path.name})" if path else "")
     cls = ALGORITHMS[v.algo][1]
     config = config_from_dict(cls, {**cfg, "env_id": env, "seed": 0, "total_steps": plan.budget(v.label)},
@@ -566,6 +614,10 @@ def write_compare_yaml(plan: Plan) -> None:
         "include": includes,
         "report": plan.report.to_dict(),
     }
+    if plan.headline:
+        data["headline"] = True
+    if plan.source_dirty:
+        data["source_dirty"] = True  # not a spec key: a record that the runs started from a dirty tree
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "compare.yaml").write_text(
         "# written by scripts/compare.py; usable as --spec\n" + yaml.safe_dump(data, sort_keys=False))
@@ -706,6 +758,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--title", help="heading of summary.md")
     p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     p.add_argument("--no-train", action="store_true", help="only import --include runs and report")
+    p.add_argument("--headline", action="store_true", help="a headline comparison: held-out seeds 100-104, "
+                   "the same evaluation for every label, a clean source tree")
+    p.add_argument("--allow-dirty", action="store_true", help="run a headline comparison from a tree with "
+                   "uncommitted changes (recorded in compare.yaml)")
     return p.parse_args(argv)
 
 

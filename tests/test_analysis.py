@@ -28,6 +28,7 @@ from mbmpo.report import (
     random_policy_return,
     rank_agreement,
     read_progress,
+    seed_stat,
     steps_to_threshold,
     summarize,
     summary_rows,
@@ -154,6 +155,10 @@ def test_summarize_hand_computed(tmp_path):
     rows = summary_rows(s)
     row = next(r for r in rows if r["label"] == "a" and r["metric"] == "return_at" and r["at"] == 2200)
     assert row["value"] == pytest.approx(12) and row["seeds"] == "0 1"
+    ref_row = next(r for r in rows if r["label"] == "ref" and r["metric"] == "return_at" and r["at"] == 2000)
+    assert ref_row["median"] == pytest.approx(10)  # median of the seeds' 5 and 15
+    three = seed_stat([1.0, 2.0, 9.0], n_resamples=200)
+    assert three.median == 2.0 and three.mean == 4.0
     row = next(r for r in rows if r["label"] == "a" and r["metric"] == "ratio_vs_ref" and r["at"] == 15)
     assert row["value"] == pytest.approx(0.909091)
     # automatic thresholds: from the median first evaluation (0) to the best final return

@@ -310,7 +310,7 @@ def test_include_existing_runs_dry_run_and_plot_cli(tmp_path, capsys):
     assert compare.main(args) == 0
     s4 = out / "runs" / "Pendulum-v1" / "old" / "s4"
     assert (s4 / "imported.yaml").is_file() and compare.run_status(s4, 10**6) == "imported"
-    assert "| old | – | 2 | 2.75 [1.5, 4] |" in (out / "summary.md").read_text()  # (1.5 + 4) / 2 at 150
+    assert "| old | – | 2 | 2.75 [1.5, 4], med 2.75 |" in (out / "summary.md").read_text()  # (1.5 + 4) / 2 at 150
     with pytest.raises(ConfigError, match="matched nothing"):
         compare.main(["--include", "x:Pendulum-v1=/nonexistent/*.csv", "--out", str(out)])
     with pytest.raises(ConfigError, match="env of .* unknown"):
@@ -383,3 +383,40 @@ def test_sigterm_stops_the_training_runs_it_started(tmp_path):
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped 1 training run(s); the same command resumes them" in err
+
+
+def test_headline_protocol_held_out_seeds_same_evaluation_clean_tree(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+
+    def head_args(seeds: str) -> list[str]:  # labels without evaluation settings of their own
+        strip = lambda t: ",".join(x for x in t.split(",") if not x.startswith("eval_"))  # noqa: E731
+        return ["--algos", f"ppo=ppo,{strip(TINY_PPO)}", f"trpo=trpo,{strip(TINY_TRPO)}", "--envs", POINT,
+                "--seeds", seeds, "--total-steps", "64", "--out", str(out), "--headline"]
+
+    # seeds 100-104 are held out: a tuning or screening comparison may not use them
+    with pytest.raises(ConfigError, match="seed 100 is held out for headline figures"):
+        compare.build_plan(compare.parse(point_args(out, seeds="99,100")))
+    # a headline comparison runs them only, trains everything itself and evaluates every label alike
+    with pytest.raises(ConfigError, match="held-out seeds 100-104 only, got seed 3"):
+        compare.build_plan(compare.parse(head_args("3,100")))
+    with pytest.raises(ConfigError, match="--include is not allowed"):
+        compare.build_plan(compare.parse([*head_args("100,101"), "--include", "ppo=nowhere/*"]))
+    monkeypatch.setattr(compare, "source_tree_dirty", lambda: False)
+    plan = compare.build_plan(compare.parse(head_args("100,101")))
+    assert plan.headline and plan.seeds == [100, 101]
+    for label in ("ppo", "trpo"):
+        cfg = compare.run_config(plan.variants[label], POINT, plan)
+        assert {k: cfg[k] for k in compare.HEADLINE_EVAL} == compare.HEADLINE_EVAL
+    with pytest.raises(ConfigError, match="'eval_episodes' is set by the headline protocol"):
+        compare.build_plan(compare.parse(["--algos", f"ppo=ppo,{TINY_PPO},eval_episodes=3", "--envs", POINT,
+                                          "--seeds", "100,", "--out", str(out), "--headline"]))
+    # a dirty source tree stops a headline comparison, unless allowed and then recorded
+    monkeypatch.setattr(compare, "source_tree_dirty", lambda: True)
+    with pytest.raises(ConfigError, match="uncommitted changes: headline runs start from a clean commit"):
+        compare.build_plan(compare.parse(head_args("100,")))
+    plan = compare.build_plan(compare.parse([*head_args("100,"), "--allow-dirty"]))
+    compare.write_compare_yaml(plan)
+    record = yaml.safe_load((out / "compare.yaml").read_text())
+    assert record["headline"] is True and record["source_dirty"] is True
+    assert compare.build_plan(compare.parse(["--spec", str(out / "compare.yaml"), "--out", str(tmp_path / "again"),
+                                             "--allow-dirty"])).headline  # compare.yaml is a spec again

@@ -63,7 +63,7 @@ def iqm(values: np.ndarray, axis: int = 0) -> np.ndarray:
 
 @dataclass
 class Stat:
-    """Mean, bootstrap CI and IQM of one quantity over seeds."""
+    """Mean, bootstrap CI, IQM and median of one quantity over seeds."""
 
     mean: float
     ci_low: float
@@ -71,6 +71,10 @@ class Stat:
     iqm: float
     n: int
     values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.values)) if self.values else float("nan")
 
 
 def seed_stat(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,

@@ -11,11 +11,12 @@ from mbmpo.report.stats import Stat, rank_agreement
 from mbmpo.report.summary import GroupSummary, Summary
 
 SUMMARY_COLUMNS = ("env", "label", "algo", "seeds", "metric", "at", "value", "ci_low", "ci_high",
-                   "iqm", "n_reached", "bound")
+                   "iqm", "median", "n_reached", "bound")
 
 
 def summary_rows(summary: Summary) -> list[dict[str, Any]]:
-    """Long-format rows of ``summary.csv`` (columns :data:`SUMMARY_COLUMNS`).
+    """Long-format rows of ``summary.csv`` (columns :data:`SUMMARY_COLUMNS`; ``value`` is the
+    mean over seeds, ``median`` the median).
 
     ``metric``: ``return_at`` (``at`` = budget), ``final_return`` (``at`` = median last
     evaluated step), ``steps_to`` (``at`` = threshold; ``value`` empty if the median seed
@@ -32,7 +33,8 @@ def summary_rows(summary: Summary) -> list[dict[str, Any]]:
             "algo": g.algo if g else "", "seeds": " ".join(map(str, g.seeds)) if g else "",
             "metric": metric, "at": at, "value": _num(value),
             "ci_low": _num(stat.ci_low) if stat else "", "ci_high": _num(stat.ci_high) if stat else "",
-            "iqm": _num(stat.iqm) if stat else "", "n_reached": n_reached, "bound": bound})
+            "iqm": _num(stat.iqm) if stat else "", "median": _num(stat.median) if stat else "",
+            "n_reached": n_reached, "bound": bound})
 
     ref = summary.settings.reference
     for g in summary.groups:
@@ -82,8 +84,8 @@ def summary_markdown(summary: Summary, plots: Mapping[str, Sequence[str]] | None
     out = [f"# {s.title or 'Sample-efficiency comparison'}", "",
            "Evaluation return (mean over the evaluation episodes of a run) against **real "
            "environment steps**. Per label: mean over seeds with a "
-           f"{conf} percentile-bootstrap confidence interval ({s.n_resamples} resamples) and "
-           "the interquartile mean (IQM; equals the mean below 4 seeds). Each seed is linearly "
+           f"{conf} percentile-bootstrap confidence interval ({s.n_resamples} resamples), the "
+           "median over seeds (med) and, from 4 seeds, the interquartile mean (IQM). Each seed is linearly "
            "interpolated onto a budget, never extrapolated past its last evaluation: '–' = "
            f"not every seed got there. 'final' = mean of the evaluations in the last "
            f"{s.final_window:.0%} of a run. 'hours' = median training wall-clock time "
@@ -94,6 +96,11 @@ def summary_markdown(summary: Summary, plots: Mapping[str, Sequence[str]] | None
         for name in (plots or {}).get(env, []):
             out.append(f"![{name}]({name})")
         out.append("")
+        mb = [g.label for g in gs if g.algo == "mbmpo"]
+        if mb and len(mb) < len(gs):
+            out += [f"MB-MPO ({', '.join(mb)}) is given the env's exact reward function for its imagined "
+                    "rewards (unless its config sets `learned_reward`); the other labels learn from "
+                    "sampled rewards only.", ""]
         head = ["label", "algo", "seeds", *(steps_label(b) for b in summary.budgets), "final", "hours"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for g in gs:
@@ -135,8 +142,9 @@ def summary_markdown(summary: Summary, plots: Mapping[str, Sequence[str]] | None
 
 def _stat_cell(st: Stat) -> str:
     ci = f" [{_fmt(st.ci_low)}, {_fmt(st.ci_high)}]" if math.isfinite(st.ci_low) else ""
-    iq = f" (IQM {_fmt(st.iqm)})" if st.n >= 4 else ""
-    return f"{_fmt(st.mean)}{ci}{iq}"
+    med = f", med {_fmt(st.median)}" if st.n >= 2 else ""
+    iq = f", IQM {_fmt(st.iqm)}" if st.n >= 4 else ""
+    return f"{_fmt(st.mean)}{ci}{med}{iq}"
 
 
 def _scores_markdown(summary: Summary) -> list[str]:
