@@ -24,6 +24,12 @@ LABEL (seed from their config.yaml or an _s<N> name); they are never retrained.
 --spec FILE.yaml holds the same settings (see scripts/configs/compare/*.yaml); flags given on
 the command line win. OUT/compare.yaml records the resolved comparison in that format.
 
+Backends: --backend local (default) runs train.py subprocesses here; --backend ray runs each
+(label, env, seed) as a Ray task with its thread share, on a local Ray instance (127.0.0.1) or
+on the cluster RAY_ADDRESS names (`ray start --head --port 6379` on one node, `ray start
+--address=HEAD:6379` on the others, the checkout and --out on a shared disk). Skipping and
+resuming work as with the local backend.
+
 Protocol: seeds 100-104 are held out for headline figures. A comparison uses them only with
 --headline (or 'headline: true' in its spec), and a headline comparison uses no other seeds,
 imports no runs, evaluates every label the same way (HEADLINE_EVAL: 10 deterministic episodes,
@@ -678,6 +684,44 @@ class Result:
     seconds: float
 
 
+def ray_runner(threads: int) -> Runner:
+    """Each training run as a Ray task holding ``threads`` CPUs, on a local Ray instance
+    (127.0.0.1) or the cluster named by ``RAY_ADDRESS``. The task runs ``scripts/train.py`` in a
+    subprocess on whichever node Ray picks, so every node needs this checkout and the output
+    directory at the same path (a shared disk)."""
+    from mbmpo.distributed.ray_setup import init_ray, require_ray
+
+    ray = require_ray("compare.py --backend ray")
+    init_ray(available_cores(), user="compare.py --backend ray")
+
+    train, python = str(TRAIN), sys.executable
+
+    @ray.remote(num_cpus=threads)
+    def train_task(argv: list[str], log: str) -> tuple[int, str]:  # self-contained: runs on any node
+        import os
+        import subprocess
+        from pathlib import Path
+
+        path = Path(log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TQDM_MININTERVAL": "30", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        with path.open("a") as f:
+            start = f.tell()
+            f.write(f"$ {python} {train} {' '.join(argv)}\n")
+            f.flush()
+            rc = subprocess.run([python, train, *argv], stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env).returncode
+        with path.open() as f:
+            f.seek(start)
+            return rc, f.read()[-20_000:]
+
+    def run(argv: list[str], log: Path) -> tuple[int, str]:
+        rc, text = ray.get(train_task.remote(argv, str(log)))
+        return rc, "" if rc == 0 else last_error_line(text)
+
+    return run
+
+
 def stop_children(timeout_s: float = 10.0) -> int:
     """Terminate the training runs still going; returns how many. Their checkpoints stay, so
     the same compare command resumes them."""
@@ -758,6 +802,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--title", help="heading of summary.md")
     p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     p.add_argument("--no-train", action="store_true", help="only import --include runs and report")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local subprocesses (default) or Ray tasks (a local instance on 127.0.0.1, "
+                   "or the cluster of RAY_ADDRESS; needs a shared disk)")
     p.add_argument("--headline", action="store_true", help="a headline comparison: held-out seeds 100-104, "
                    "the same evaluation for every label, a clean source tree")
     p.add_argument("--allow-dirty", action="store_true", help="run a headline comparison from a tree with "
@@ -789,8 +836,9 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
         print(f"  {j.action:8s} {j.name}  {cmd}" if args.dry_run else f"  {j.action:8s} {j.name}")
     if args.dry_run:
         return 0
-    results = [] if args.no_train else run_jobs(jobs, plan.jobs, threads, plan.out / "logs",
-                                                runner or subprocess_runner)
+    if runner is None:
+        runner = ray_runner(threads) if args.backend == "ray" and todo and not args.no_train else subprocess_runner
+    results = [] if args.no_train else run_jobs(jobs, plan.jobs, threads, plan.out / "logs", runner)
     failed = [r for r in results if r.returncode != 0]
     try:
         summary = write_report(plan.out, warn=warn)

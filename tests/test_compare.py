@@ -420,3 +420,23 @@ def test_headline_protocol_held_out_seeds_same_evaluation_clean_tree(tmp_path, m
     assert record["headline"] is True and record["source_dirty"] is True
     assert compare.build_plan(compare.parse(["--spec", str(out / "compare.yaml"), "--out", str(tmp_path / "again"),
                                              "--allow-dirty"])).headline  # compare.yaml is a spec again
+
+
+def test_ray_backend_runs_each_job_as_a_task_on_loopback(tmp_path):
+    pytest.importorskip("ray", reason="the Ray backend needs the optional ray package")
+    out = tmp_path / "cmp"
+    tiny = TINY_PPO.replace("eval_every=32", "eval_every=64").replace("num_steps=32", "num_steps=64")
+    tiny = tiny.replace("minibatch_size=16", "minibatch_size=64").replace("eval_episodes=2", "eval_episodes=1")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)  # a local instance on 127.0.0.1
+    cmd = [sys.executable, "scripts/compare.py", "--algos", f"ppo=ppo,{tiny}", "--envs", "Pendulum-v1",
+           "--seeds", "2", "--total-steps", "128", "--jobs", "2", "--threads", "1", "--backend", "ray",
+           "--out", str(out), "--budgets", "128"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    for s in (0, 1):
+        run = out / "runs" / "Pendulum-v1" / "ppo" / f"s{s}"
+        assert read_progress(run / "progress.csv")["real_steps"] == [64, 128]
+    assert "| ppo | ppo | 2 |" in (out / "summary.md").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "2 runs, 2 done" in again.stdout  # finished runs are skipped
