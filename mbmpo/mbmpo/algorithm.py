@@ -413,6 +413,7 @@ class MBMPO(Algorithm):
         log.record("time/meta_s", t3 - t2)
         log.record("time/iteration_s", t3 - t0)
         self.end_iteration(self._record_evaluation)
+        self._bar = None  # closed with the loop: later direct calls of fit_models show nothing
 
     def _record_evaluation(self) -> None:
         c = self.config
