@@ -35,6 +35,7 @@ from mbmpo.report import (
     value_at,
     write_report,
 )
+from mbmpo.report.stats import probability_of_improvement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +160,7 @@ def test_summarize_hand_computed(tmp_path):
     assert ref_row["median"] == pytest.approx(10)  # median of the seeds' 5 and 15
     three = seed_stat([1.0, 2.0, 9.0], n_resamples=200)
     assert three.median == 2.0 and three.mean == 4.0
+
     row = next(r for r in rows if r["label"] == "a" and r["metric"] == "ratio_vs_ref" and r["at"] == 15)
     assert row["value"] == pytest.approx(0.909091)
     # automatic thresholds: from the median first evaluation (0) to the best final return
@@ -270,3 +272,20 @@ def test_export_copies_only_the_lean_part(tmp_path):
     assert not list(dest.rglob("*.pt"))
     assert (dest / "summary.md").is_file() and (dest / "compare.yaml").is_file()
     assert (dest / "summary.csv").read_text() == (write_report(cmp) and (cmp / "summary.csv").read_text())
+
+
+def test_probability_of_improvement_against_hand_computation(tmp_path):
+    pytest.importorskip("rliable", reason="the probability of improvement needs the report extra (rliable)")
+    # pairs (x_i, y_j): 3>1, 3>2, 4>1, 4>2, 5>1, 5>2 win; 3<6, 4<6, 5<6 lose -> 6 of 9
+    p, lo, hi = probability_of_improvement([3.0, 4.0, 5.0], [1.0, 2.0, 6.0], n_resamples=300)
+    assert p == pytest.approx(6 / 9) and 0 <= lo <= p <= hi <= 1
+    assert probability_of_improvement([1.0, 1.0], [1.0, 1.0], n_resamples=100)[0] == 0.5  # ties: one half
+    assert probability_of_improvement([9.0, 8.0], [1.0, 2.0], n_resamples=100) == (1.0, 1.0, 1.0)
+    cmp = two_seeds(tmp_path)  # label 'a' (10 and 10 at 2000) against a worse reference
+    write_progress(cmp / "runs" / "Pendulum-v1" / "ref" / "s0", [(1000, 0.0), (2000, 1.0), (3000, 2.0)])
+    write_progress(cmp / "runs" / "Pendulum-v1" / "ref" / "s1", [(1000, 0.0), (2000, 2.0), (3000, 3.0)])
+    s = summarize(discover_runs(cmp), ReportSettings(reference="ref", budgets=[2000], n_resamples=300))
+    a = next(g for g in s.groups if g.label == "a")
+    assert a.improvement[2000][0] == 1.0 and not next(g for g in s.groups if g.label == "ref").improvement
+    row = next(r for r in summary_rows(s) if r["metric"] == "prob_improvement_vs_ref")
+    assert (row["label"], row["at"], row["value"]) == ("a", 2000, 1.0)

@@ -5,6 +5,7 @@ ratios and the normalized score of the PPO paper's Table 1."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,27 @@ class Stat:
     @property
     def median(self) -> float:
         return float(np.median(self.values)) if self.values else float("nan")
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float], confidence: float = 0.95,
+                               n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
+    """P(X > Y): the chance that a run of label x beats a run of label y (ties count one half;
+    Agarwal et al. 2021), with a percentile-bootstrap interval from ``rliable``'s stratified
+    resampling of the runs. ``x``, ``y``: one value per seed. Returns ``(p, low, high)``, or
+    None when ``rliable`` (the ``report`` extra) is not installed."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError:
+        return None
+    a, b = np.asarray(x, dtype=float)[:, None], np.asarray(y, dtype=float)[:, None]  # [runs, 1 task]
+    with warnings.catch_warnings():  # arch (rliable's bootstrap) warns about its own random_state API
+        warnings.simplefilter("ignore", FutureWarning)
+        est, ci = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
+                                             reps=n_resamples, confidence_interval_size=confidence,
+                                             random_state=np.random.RandomState(seed))
+    lo, hi = np.ravel(ci["p"])  # [2, 1]: (low, high) of the one pair
+    return float(np.ravel(est["p"])[0]), float(lo), float(hi)
 
 
 def seed_stat(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,

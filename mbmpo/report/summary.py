@@ -22,6 +22,7 @@ from mbmpo.report.stats import (
     final_return,
     median_steps,
     normalized_scores,
+    probability_of_improvement,
     seed_stat,
     steps_to_threshold,
     value_at,
@@ -107,6 +108,9 @@ class GroupSummary:
     """threshold -> (ratio vs the reference, bound marker)."""
     hours: float
     """Median training wall-clock hours at the last evaluation."""
+    improvement: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    """budget -> probability that a seed of this label beats one of the reference, with its
+    interval (empty without ``rliable``)."""
 
     @property
     def seeds(self) -> list[int]:
@@ -174,6 +178,13 @@ def summarize(runs: Sequence[Run], settings: ReportSettings | None = None) -> Su
             continue
         for t, (st, _) in g.steps_to.items():
             g.ratio[t] = efficiency_ratio(ref.steps_to[t][0], st, ref.final_step, g.final_step)
+        if g is not ref:
+            for b, st in g.at_budget.items():
+                if b in ref.at_budget:
+                    p = probability_of_improvement(st.values, ref.at_budget[b].values, s.confidence,
+                                                   min(s.n_resamples, 2000), s.bootstrap_seed)
+                    if p is not None:
+                        g.improvement[b] = p
     shown = [int(b) for b in s.budgets if any(int(b) in g.at_budget for g in groups)]
     summary = Summary(s, groups, thresholds, auto, shown)
     if s.normalized_score:

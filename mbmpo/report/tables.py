@@ -21,7 +21,9 @@ def summary_rows(summary: Summary) -> list[dict[str, Any]]:
     ``metric``: ``return_at`` (``at`` = budget), ``final_return`` (``at`` = median last
     evaluated step), ``steps_to`` (``at`` = threshold; ``value`` empty if the median seed
     never reached it), ``ratio_vs_<reference>`` (``at`` = threshold; ``bound`` '>'/'<' when
-    one side never reached it and its budget bounds the ratio), ``wall_hours``,
+    one side never reached it and its budget bounds the ratio), ``prob_improvement_vs_<reference>``
+    (``at`` = budget: the probability that a seed of the label beats one of the reference, with
+    its interval; needs ``rliable``), ``wall_hours``,
     ``normalized_score`` (``env`` 'mean' for the average over envs) and ``paper_score``.
     """
     rows = []
@@ -40,6 +42,10 @@ def summary_rows(summary: Summary) -> list[dict[str, Any]]:
     for g in summary.groups:
         for b, st in g.at_budget.items():
             add(g, "return_at", b, st.mean, st)
+        for b, (p, lo, hi) in g.improvement.items():
+            rows.append({"env": g.env_id, "label": g.label, "algo": g.algo, "seeds": " ".join(map(str, g.seeds)),
+                         "metric": f"prob_improvement_vs_{ref}", "at": b, "value": _num(p), "ci_low": _num(lo),
+                         "ci_high": _num(hi), "iqm": "", "median": "", "n_reached": "", "bound": ""})
         add(g, "final_return", int(g.final_step), g.final.mean, g.final)
         for t, (st, k) in g.steps_to.items():
             add(g, "steps_to", t, st, n_reached=k)
@@ -108,6 +114,16 @@ def summary_markdown(summary: Summary, plots: Mapping[str, Sequence[str]] | None
             cells += [_stat_cell(g.at_budget[b]) if b in g.at_budget else "–" for b in summary.budgets]
             cells += [f"{_stat_cell(g.final)} @ {steps_label(g.final_step)}", _fmt(g.hours)]
             out.append("| " + " | ".join(cells) + " |")
+        better = [g for g in gs if g.improvement]
+        if better:
+            out += ["", f"Probability that a seed of the label beats a seed of `{s.reference}` at each budget "
+                    f"(ties count one half; {conf} stratified-bootstrap interval, `rliable`):", "",
+                    "| label | " + " | ".join(steps_label(b) for b in summary.budgets) + " |",
+                    "|" + "---|" * (len(summary.budgets) + 1)]
+            for g in better:
+                cells = [f"{g.improvement[b][0]:.2f} [{g.improvement[b][1]:.2f}, {g.improvement[b][2]:.2f}]"
+                         if b in g.improvement else "–" for b in summary.budgets]
+                out.append(f"| {g.label} | " + " | ".join(cells) + " |")
         thr = summary.thresholds.get(env, [])
         if thr:
             has_ref = any(g.label == s.reference for g in gs)
