@@ -25,6 +25,10 @@ class FitConfig:
     """Minibatch size."""
     max_epochs: int = 500
     """Upper bound on epochs per fit."""
+    epoch_rows: int = 0
+    """Training rows each model sees per epoch, drawn afresh (without replacement) from its
+    training split every epoch; 0 = the whole split. Bounds the cost of a fit once the data
+    set is large; validation always uses the whole validation split."""
     val_fraction: float = 0.2
     """Fraction of the data each model holds out (its own random split)."""
     bootstrap: bool = False
@@ -146,6 +150,8 @@ def fit_ensemble(
         if not any(active):
             break
         order = [train_idx[k][torch.randperm(len(train_idx[k]), generator=gen)] for k in range(num_models)]
+        if cfg.epoch_rows > 0:
+            order = [o[: cfg.epoch_rows] for o in order]
         num_batches = math.ceil(max(len(o) for o in order) / cfg.batch_size)
         sums = torch.zeros(num_models, dtype=torch.float64)
         for b in range(num_batches):

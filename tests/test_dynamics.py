@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from dynamics.ensemble import DynamicsEnsemble
 from dynamics.model_env import ImaginedEnv, tasks_model_idx
@@ -331,3 +332,42 @@ def test_bfloat16_compute_dtype_is_close_to_float32_and_scoped():
     rel = float((low - full).norm() / (full - obs).norm())
     assert 0 < rel < 0.05, rel
     assert torch.allclose(low_u, ens.predict_with_uncertainty(obs, act, idx, "disagreement")[2], rtol=0.1)
+
+
+def test_epoch_rows_draws_a_fresh_subset_of_the_training_split_each_epoch():
+    obs, act, nxt = linear_data(1000)
+    mask = torch.zeros(1000, 1, dtype=torch.bool)
+    mask[:200, 0] = True  # rows 0-199 validate, 200-999 train
+    ens = DynamicsEnsemble(4, 2, num_models=1, hidden_sizes=(16,))
+    x_all = torch.cat([obs, act], -1)
+    seen: list[Tensor] = []
+
+    def record(_module, inputs, _out):
+        if torch.is_grad_enabled():  # training forwards; validation runs under no_grad
+            seen.append(inputs[0].detach().clone())
+
+    ens.models[0].register_forward_hook(record)
+    fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=100, max_epochs=3, early_stopping=False,
+                                                      epoch_rows=300), val_mask=mask)
+    assert [len(s) for s in seen] == [100] * 9  # 3 minibatches per epoch, 3 epochs
+    x_norm = ens.in_rms.normalize(x_all)
+    epochs = []
+    for e in range(3):
+        rows = torch.cat(seen[3 * e: 3 * e + 3])
+        idx = torch.cdist(rows, x_norm).argmin(1)  # which data row each training input was
+        assert len(set(idx.tolist())) == 300 and int(idx.min()) >= 200  # distinct, training split only
+        epochs.append(set(idx.tolist()))
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_epoch_rows_above_the_split_size_changes_nothing():
+    obs, act, nxt = linear_data(300)
+    fits = []
+    for rows in (0, 10_000):
+        torch.manual_seed(0)
+        ens = DynamicsEnsemble(4, 2, num_models=2, hidden_sizes=(16,))
+        res = fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=50, max_epochs=4, epoch_rows=rows),
+                           generator=torch.Generator().manual_seed(3))
+        fits.append((res.val_history, [p.clone() for p in ens.parameters()]))
+    assert fits[0][0] == fits[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(fits[0][1], fits[1][1]))

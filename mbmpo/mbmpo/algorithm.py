@@ -121,7 +121,7 @@ class MBMPO(Algorithm):
         self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
         self.fit_config = FitConfig(
             learning_rate=c.model_learning_rate, batch_size=c.model_batch_size,
-            max_epochs=c.model_max_epochs, val_fraction=c.model_val_fraction,
+            max_epochs=c.model_max_epochs, epoch_rows=c.model_epoch_rows, val_fraction=c.model_val_fraction,
             bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema,
             early_stopping=c.model_early_stopping)
         self.inner_kl_coef = float(c.inner_kl_coef)

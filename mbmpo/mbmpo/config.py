@@ -109,6 +109,10 @@ class MBMPOConfig(BaseConfig):
     """Model minibatch size."""
     model_max_epochs: int = 10
     """Upper bound on model epochs per fit (paper: 500; the models are warm-started)."""
+    model_epoch_rows: int = 0
+    """Training rows each model sees per epoch, a fresh random subset of its training split
+    every epoch; 0 = all (the paper). A cap bounds the model fit's cost once the data set is
+    large (epochs over a subsample); validation still uses every validation row."""
     model_val_fraction: float = 0.2
     """Per-model validation split."""
     model_split: str = "resample"
@@ -235,6 +239,8 @@ class MBMPOConfig(BaseConfig):
                               f"{self.inner_kl_coef}, {self.inner_kl_target}")
         if not 0 < self.fvp_subsample <= 1:
             raise ConfigError(f"fvp_subsample must be in (0, 1], got {self.fvp_subsample}")
+        if self.model_epoch_rows < 0:
+            raise ConfigError(f"model_epoch_rows must be >= 0 (0 = every training row), got {self.model_epoch_rows}")
         if not 0 < self.model_val_fraction < 1:
             raise ConfigError(f"model_val_fraction must be in (0, 1), got {self.model_val_fraction}")
         if self.env_id not in REWARD_FNS and not self.learned_reward:
