@@ -8,8 +8,8 @@ import torch
 from dynamics.reward_fns import REWARD_FNS, get_reward_fn
 from mbmpo.errors import ConfigError
 
-# Ant-v5 measures forward velocity on the torso's body position, which MuJoCo computes before
-# the last RK4 substep, so (x' - x) / dt from qpos differs slightly (see dynamics/reward_fns.py).
+# Ant-v5 measures forward velocity on the torso's body position, which its RK4 integrator leaves
+# at its last stage's kinematics, so (x' - x) / dt from qpos differs slightly (see dynamics/reward_fns.py).
 MUJOCO_IDS = ["Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Swimmer-v5", "Walker2d-v5"]
 INEXACT = {"Ant-v5": (0.1, 0.01)}
 

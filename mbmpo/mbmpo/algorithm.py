@@ -73,6 +73,7 @@ class MBMPO(Algorithm):
     def __init__(self, config: MBMPOConfig, out_dir: str | Path | None = None, console: bool = True,
                  plugins: Sequence[Plugin] = ()):
         super().__init__(config, out_dir, console)
+        self.device = torch.device("cpu")  # 'auto' too: the loop is CPU-only (config.validate)
         c = config
         self.reward_fn: RewardFn | None = None if c.learned_reward else get_reward_fn(c.env_id)
         env_kwargs = dict(c.env_kwargs)
