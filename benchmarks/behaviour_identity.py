@@ -111,7 +111,11 @@ def main() -> int:
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=src, capture_output=True,
                             text=True).stdout.strip()
     out = results / ("reference.json" if args.write_reference else "check.json")
-    out.write_text(json.dumps({"source": commit, **report}, indent=2) + "\n")
+    # one entry per check, each with the source it was made from; checks not run keep theirs
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    saved.pop("source", None)  # older files: one source for every entry
+    saved.update({name: {"source": commit, **entry} for name, entry in report.items()})
+    out.write_text(json.dumps(saved, indent=2) + "\n")
     return 0 if all(r.get("identical", True) for r in report.values()) else 1
 
 
