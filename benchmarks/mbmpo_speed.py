@@ -14,6 +14,8 @@ same threads, one after the other) and its ``progress.csv`` is split into phases
 
     python benchmarks/mbmpo_speed.py --old 8ccd224 --steps 12000 --threads 2
     python benchmarks/mbmpo_speed.py --profile      # torch profiler, top ops per phase (today's code)
+    python benchmarks/mbmpo_speed.py --old '' --steps 40000 --variant 'fit20k=--model-epoch-rows 20000'
+                                                    # today's code beside itself with one change
 
 Prints the table and writes ``speed.json``, ``speed.csv`` and ``speed.png`` (``profile.txt``
 with ``--profile``) to ``--out``. Run it on an otherwise idle machine.
@@ -119,6 +121,9 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mbmpo_speed"))
     p.add_argument("--profile", action="store_true", help="only write the torch profiler summary")
     p.add_argument("--bf16", action="store_true", help="also run today's code with imagined_precision bfloat16")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="also run today's code with these train.py flags, e.g. "
+                        "'fit20k=--model-epoch-rows 20000' (repeatable: one change measured on its own)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,12 @@ def main() -> int:
         (out / "profile.txt").write_text(profile(out, args.threads, args.device))
         print((out / "profile.txt").read_text())
         return 0
+    variants = []
+    for spec in args.variant:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name.strip() or not flags.split():
+            raise SystemExit(f"--variant {spec!r}: expected NAME=FLAGS, e.g. 'fit20k=--model-epoch-rows 20000'")
+        variants.append((name.strip(), flags.split()))
     head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     results: dict[str, dict[str, float]] = {}
@@ -139,6 +150,7 @@ def main() -> int:
         sources.append((f"new {head}", ROOT, []))
         if args.bf16:
             sources.append((f"new {head} bf16", ROOT, ["--imagined-precision", "bfloat16"]))
+        sources += [(f"new {head} {name}", ROOT, flags) for name, flags in variants]
         try:
             for label, src, extra in sources:
                 run_dir = Path(tmp) / label.replace(" ", "_")
