@@ -27,8 +27,8 @@ class FitConfig:
     """Upper bound on epochs per fit."""
     epoch_rows: int = 0
     """Training rows each model sees per epoch, drawn afresh (without replacement) from its
-    training split every epoch; 0 = the whole split. Bounds the cost of a fit once the data
-    set is large; validation always uses the whole validation split."""
+    training split every epoch; 0 = the whole split. Bounds the cost of an epoch (early
+    stopping may then run more of them); validation always uses the whole validation split."""
     val_fraction: float = 0.2
     """Fraction of the data each model holds out (its own random split)."""
     bootstrap: bool = False

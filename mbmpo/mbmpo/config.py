@@ -111,8 +111,8 @@ class MBMPOConfig(BaseConfig):
     """Upper bound on model epochs per fit (paper: 500; the models are warm-started)."""
     model_epoch_rows: int = 0
     """Training rows each model sees per epoch, a fresh random subset of its training split
-    every epoch; 0 = all (the paper). A cap bounds the model fit's cost once the data set is
-    large (epochs over a subsample); validation still uses every validation row."""
+    every epoch; 0 = all (the paper). A cap makes each epoch cheaper on a large data set, but
+    early stopping may then run more epochs; validation still uses every validation row."""
     model_val_fraction: float = 0.2
     """Per-model validation split."""
     model_split: str = "resample"
