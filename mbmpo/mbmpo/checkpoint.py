@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor, nn
 
-from mbmpo.mbmpo.extensions import saved_plugin_states
-
-if TYPE_CHECKING:
-    from mbmpo.mbmpo.algorithm import MBMPO
+from mbmpo.mbmpo.extensions import Plugin, saved_plugin_states
 
 
-def run_state(algo: MBMPO) -> dict[str, Any]:
+class RunParts(Protocol):
+    """What a checkpoint reads from and restores into an MB-MPO instance (the attributes of
+    :class:`mbmpo.mbmpo.algorithm.MBMPO`; a protocol, so this module need not import it)."""
+
+    algo_name: str
+    config: Any
+    policy: nn.Module
+    inner_lr: Any  # dict of learned per-parameter rates (Meta-SGD), or a float
+    ensemble: nn.Module
+    obs_rms: Any
+    dataset: Any
+    init_states: Tensor
+    collect_params: dict[str, Tensor] | None
+    outer_optimizer: torch.optim.Optimizer | None
+    inner_kl_coef: float
+    mlp_baseline: Any
+    plugins: Sequence[Plugin]
+    generator: torch.Generator
+
+    def counters(self) -> dict[str, Any]: ...
+
+
+def run_state(algo: RunParts) -> dict[str, Any]:
     """Everything an MB-MPO run needs to resume: weights, optimizers, real data, plug-ins, RNG, counters."""
     mlp = algo.mlp_baseline
     return {
@@ -36,7 +57,7 @@ def run_state(algo: MBMPO) -> dict[str, Any]:
     }
 
 
-def load_run_state(algo: MBMPO, state: dict[str, Any]) -> None:
+def load_run_state(algo: RunParts, state: dict[str, Any]) -> None:
     """Restore :func:`run_state` (KeyError/RuntimeError/ValueError on a mismatch)."""
     algo.policy.load_state_dict(state["policy"])
     algo.ensemble.load_state_dict(state["ensemble"])
