@@ -16,8 +16,9 @@ from the final x on random steps), so the qpos-based ``(x' - x) / dt`` differs (
 2000 random steps: mean |error| 0.004, max 0.053; reward error max 0.075). The stage states
 are not in the observation, so no function of it removes the error; a correction by the last
 substep's velocity (``x - h v``) made it ten times larger. Its termination agrees exactly.
-Hopper's health check in the env uses the unclipped joint velocities while the observation holds them clipped to
-+-10, so a velocity above 100 (not seen in practice) would be judged healthy here.
+Hopper's health check in the env uses the unclipped joint velocities while the observation
+holds them clipped to +-10, so a velocity above 100 (not seen in practice) would be judged
+healthy here.
 Observations must be float64 for the 1e-4 bound: in float32 the x position's rounding
 alone gives errors around 1e-3 once the agent is far from the origin.
 """
