@@ -33,12 +33,6 @@ from dynamics.trainer import fit_ensemble  # noqa: E402
 from mbmpo import MBMPO  # noqa: E402
 
 
-def val_mse(ensemble, x: torch.Tensor, y: torch.Tensor, val_idx: list[torch.Tensor]) -> list[float]:
-    """Each model's mean squared error on its own validation rows (normalized)."""
-    with torch.no_grad():
-        return [float((ensemble.forward_model(k, x[v]) - y[v]).pow(2).mean()) for k, v in enumerate(val_idx)]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="MB-MPO checkpoint file or run directory")
@@ -62,10 +56,7 @@ def main() -> int:
         t0 = time.perf_counter()
         res = fit_ensemble(algo.ensemble, data["obs"], data["act"], data["next_obs"], None, cfg, gen, val_mask)
         sec = time.perf_counter() - t0
-        ens = algo.ensemble
-        x = ens.in_rms.normalize(ens.inputs(data["obs"], data["act"]).float())
-        y = ens.out_rms.normalize(ens.targets(data["obs"], data["next_obs"]).float())
-        after = val_mse(ens, x, y, res.val_idx)
+        after = res.best_val_loss  # the validation error of the weights the fit keeps
         row = {"cap": cap, "rows": int(len(data["obs"])), "seconds": round(sec, 2), "epochs": res.epochs,
                "val_mse": [round(v, 5) for v in after], "val_mse_mean": round(sum(after) / len(after), 5)}
         rows.append(row)

@@ -11,11 +11,12 @@ Exactness, measured by ``tests/test_reward_fns.py`` on random and perturbed-poli
 in float64: HalfCheetah, Hopper, Walker2d and Swimmer match the env's reward to < 1e-6 and
 its termination exactly. Ant-v5 is not exact: the env takes forward velocity from the
 torso's body position ``xpos``, which its RK4 integrator leaves at the kinematics of its last
-stage (a prediction of the step's end state, not the end state itself: 0.0002 mean, 0.004 max
+stage (a prediction of the step's end state, not the end state itself: 0.0002 mean, 0.005 max
 from the final x on random steps), so the qpos-based ``(x' - x) / dt`` differs (measured on
 2000 random steps: mean |error| 0.004, max 0.053; reward error max 0.075). The stage states
 are not in the observation, so no function of it removes the error; a correction by the last
-substep's velocity (``x - h v``) made it ten times larger. Its termination agrees exactly.
+substep's velocity (``x - h v``) made it about twelve times larger
+(``benchmarks/ant_reward_error.py``). Its termination agrees exactly.
 Hopper's health check in the env uses the unclipped joint velocities while the observation
 holds them clipped to +-10, so a velocity above 100 (not seen in practice) would be judged
 healthy here.
