@@ -37,6 +37,9 @@ class FitConfig:
     """Persistence of the smoothed validation loss; a model stops the first epoch it rises."""
     early_stopping: bool = True
     """False: every model trains ``max_epochs`` epochs and keeps its last weights."""
+    precision: torch.dtype = torch.float32
+    """dtype of the models' layers in training steps (``torch.bfloat16``: mixed precision under
+    ``torch.autocast``, float32 weights and optimizer state); validation always runs in float32."""
     logvar_bound_coef: float = 0.01
     """Probabilistic models: weight of ``sum(max_logvar) - sum(min_logvar)`` in the loss
     (PETS's value), which keeps the learned log-variance bounds tight."""
@@ -160,7 +163,8 @@ def fit_ensemble(
                 idx = order[k][b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if not active[k] or len(idx) == 0:
                     continue
-                losses.append(model_loss(ensemble, k, x[idx], y[idx], cfg))
+                with ensemble.compute_dtype(cfg.precision):
+                    losses.append(model_loss(ensemble, k, x[idx], y[idx], cfg))
                 weights.append(len(idx))
                 ks.append(k)
             if not losses:

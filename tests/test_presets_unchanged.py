@@ -18,7 +18,7 @@ FIXTURE = json.loads((ROOT / "tests" / "data" / "preset_configs_8ccd224.json").r
 # the checkpoint schedule moved from iterations to real steps: not a training setting
 SCHEDULE_KEYS = {"checkpoint_every", "checkpoint_every_steps"}
 # fields added since, with the value that keeps the earlier behaviour
-ADDED = {"mbmpo": {"imagined_precision": "float32", "model_epoch_rows": 0},
+ADDED = {"mbmpo": {"imagined_precision": "float32", "model_epoch_rows": 0, "model_fit_precision": "float32"},
          "dppo": {"kl_stop": "mean", "straggler_mode": "preempt_collection", "report_poll_s": 0.001}}
 
 

@@ -124,7 +124,7 @@ class MBMPO(Algorithm):
             learning_rate=c.model_learning_rate, batch_size=c.model_batch_size,
             max_epochs=c.model_max_epochs, epoch_rows=c.model_epoch_rows, val_fraction=c.model_val_fraction,
             bootstrap=c.model_bootstrap, early_stop_ema=c.model_early_stop_ema,
-            early_stopping=c.model_early_stopping)
+            early_stopping=c.model_early_stopping, precision=getattr(torch, c.model_fit_precision))
         self.inner_kl_coef = float(c.inner_kl_coef)
         self.outer_optimizer = (torch.optim.Adam(self.outer_params(), lr=c.outer_learning_rate)
                                 if c.outer == "ppo" else None)
