@@ -334,6 +334,60 @@ def test_bfloat16_compute_dtype_is_close_to_float32_and_scoped():
     assert torch.allclose(low_u, ens.predict_with_uncertainty(obs, act, idx, "disagreement")[2], rtol=0.1)
 
 
+@torch.no_grad()
+def test_bfloat16_steps_use_cast_weights_that_follow_every_parameter_change():
+    torch.manual_seed(0)
+    ens = DynamicsEnsemble(6, 2, num_models=3, hidden_sizes=(32, 32), probabilistic=True)
+    obs, act = torch.randn(30, 6), torch.rand(30, 2) * 2 - 1
+    idx = torch.arange(30) % 3
+    x = ens.in_rms.normalize(ens.inputs(obs, act))
+
+    def by_hand(k):  # model k's layers in bf16, written out
+        h = x.bfloat16()
+        for layer in ens.models[k].net:
+            h = torch.addmm(layer.bias.bfloat16(), h, layer.weight.T.bfloat16()) if isinstance(
+                layer, torch.nn.Linear) else layer(h)
+        return h.float()
+
+    with ens.compute_dtype(torch.bfloat16):
+        means, _ = ens._all_dists(x)
+        for k in range(3):
+            assert torch.allclose(means[k], by_hand(k)[:, :6], atol=1e-2)
+            assert torch.allclose(ens.forward_model(k, x), by_hand(k)[:, :6], atol=1e-2)
+        before = ens.predict_with_uncertainty(obs, act, idx, "disagreement")
+        ens.models[1].net[2].weight.mul_(3.0)  # an in-place change, as an optimizer step makes
+        after = ens.predict_with_uncertainty(obs, act, idx, "disagreement")
+        assert torch.equal(after[0][idx == 0], before[0][idx == 0])  # model 0 untouched
+        assert not torch.allclose(after[0][idx == 1], before[0][idx == 1])
+        assert torch.allclose(ens._all_dists(x)[0][1], by_hand(1)[:, :6], atol=1e-2)
+        state = {k: v.clone() for k, v in ens.state_dict().items()}
+        state["models.2.net.0.bias"] += 1.0
+        ens.load_state_dict(state)  # a load replaces the values in place too
+        assert torch.allclose(ens._all_dists(x)[0][2], by_hand(2)[:, :6], atol=1e-2)
+    spread = torch.stack([ens.forward_model(k, x) for k in range(3)])
+    u_hand = spread.std(0, unbiased=False).norm(dim=-1)  # float32, the definition
+    with ens.compute_dtype(torch.bfloat16):
+        u_low = ens.predict_with_uncertainty(obs, act, idx, "disagreement")[2]
+    assert torch.allclose(u_low, u_hand, rtol=0.05)
+
+
+def test_bfloat16_fit_learns_like_float32_and_validates_in_float32():
+    obs, act, nxt = linear_data(2000)
+    res = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        ens = DynamicsEnsemble(4, 2, num_models=2, hidden_sizes=(64, 64))
+        seen = []
+        ens.models[0][0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        res[dtype] = fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=100, max_epochs=20, precision=dtype),
+                                  generator=torch.Generator().manual_seed(0))
+        assert seen[0] == dtype and seen[-1] == torch.float32  # training steps in dtype, validation float32
+    low, full = max(res[torch.bfloat16].best_val_loss), max(res[torch.float32].best_val_loss)
+    assert low < 0.02 and low < 3 * full, (low, full)
+    with torch.no_grad():
+        assert ens._compute_dtype is None  # the fit leaves the ensemble in float32
+
+
 def test_epoch_rows_draws_a_fresh_subset_of_the_training_split_each_epoch():
     obs, act, nxt = linear_data(1000)
     mask = torch.zeros(1000, 1, dtype=torch.bool)
