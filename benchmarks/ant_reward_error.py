@@ -8,6 +8,9 @@ Two measurements on random actions (seeded):
    stage, close to but not at the end state.
 2. The reward error of ``dynamics.reward_fns`` (``(x' - x) / dt`` from the observation) and of
    a correction by the last substep's velocity, ``((x' - h v') - (x - h v)) / dt``.
+3. The same function's reward error on the observation without contact forces
+   (``include_cfrc_ext_in_observation=False``), which leaves the contact cost out, and the
+   contact cost itself.
 
     python benchmarks/ant_reward_error.py --steps 3000
 
@@ -81,6 +84,26 @@ def reward_errors(steps: int, seed: int) -> dict[str, float]:
             "corrected_reward_error_mean": float(c.mean()), "corrected_reward_error_max": float(c.max())}
 
 
+def truncated_errors(steps: int, seed: int) -> dict[str, float]:
+    """|reward error| on the 29-entry observation (no contact forces), and the contact cost."""
+    fn = REWARD_FNS[ENV]
+    env = gym.make(ENV, include_cfrc_ext_in_observation=False, **fn.env_kwargs())
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    rows, contact = [], []
+    for _ in range(steps):
+        act = rng.uniform(-1, 1, env.action_space.shape)
+        nxt, rew, term, trunc, info = env.step(act)
+        rows.append((obs, act, nxt, rew))
+        contact.append(-info["reward_contact"])
+        obs = env.reset()[0] if term or trunc else nxt
+    env.close()
+    o, a, n, r = (torch.as_tensor(np.array(col)) for col in zip(*rows))
+    e = (fn.reward(o, a, n) - r).abs()
+    return {"truncated_obs_reward_error_mean": float(e.mean()), "truncated_obs_reward_error_max": float(e.max()),
+            "contact_cost_mean": float(np.mean(contact)), "contact_cost_max": float(np.max(contact))}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=3000)
@@ -88,7 +111,8 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ant_reward_error"))
     args = p.parse_args()
     result = {"env": ENV, "steps": args.steps, "seed": args.seed,
-              **xpos_offsets(args.steps, args.seed), **reward_errors(args.steps, args.seed)}
+              **xpos_offsets(args.steps, args.seed), **reward_errors(args.steps, args.seed),
+              **truncated_errors(args.steps, args.seed)}
     for k, v in result.items():
         print(f"{k:36s} {v}")
     out = Path(args.out)

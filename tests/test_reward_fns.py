@@ -14,8 +14,8 @@ MUJOCO_IDS = ["Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Swimmer-v5", "Walker2d-v
 INEXACT = {"Ant-v5": (0.1, 0.01)}
 
 
-def rollouts(env_id: str, steps: int, seed: int):
-    env = gym.make(env_id, exclude_current_positions_from_observation=False)
+def rollouts(env_id: str, steps: int, seed: int, **env_kwargs):
+    env = gym.make(env_id, exclude_current_positions_from_observation=False, **env_kwargs)
     rng = np.random.default_rng(seed)
     low, high = env.action_space.low, env.action_space.high
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -67,3 +67,26 @@ def test_every_locomotion_task_is_registered():
 def test_unregistered_env_error_says_how_to_register():
     with pytest.raises(ConfigError, match="no reward function registered for env id 'Pendulum-v1'.*REWARD_FNS"):
         get_reward_fn("Pendulum-v1")
+
+
+def test_ant_without_contact_forces_in_the_observation_leaves_out_only_the_contact_cost():
+    envs = [gym.make("Ant-v5", exclude_current_positions_from_observation=False, include_cfrc_ext_in_observation=inc)
+            for inc in (False, True)]
+    rng = np.random.default_rng(0)
+    rows = {k: [] for k in ("obs", "act", "next", "rew", "full_obs", "full_next", "full_rew")}
+    obs, full = (e.reset(seed=0)[0] for e in envs)
+    for _ in range(600):
+        a = rng.uniform(-1, 1, 8)
+        (nxt, r, term, trunc, _), (full_nxt, full_r, *_) = (e.step(a) for e in envs)
+        for k, v in zip(rows, (obs, a, nxt, r, full, full_nxt, full_r)):
+            rows[k].append(v)
+        obs, full = (nxt, full_nxt) if not (term or trunc) else (e.reset(seed=1)[0] for e in envs)
+    d = {k: torch.as_tensor(np.array(v), dtype=torch.float64) for k, v in rows.items()}
+    assert d["obs"].shape[-1] == 29 and d["full_obs"].shape[-1] == 107
+    assert torch.equal(d["rew"], d["full_rew"]) and torch.equal(d["obs"], d["full_obs"][:, :29])  # same physics
+    fn = get_reward_fn("Ant-v5")
+    contact_cost = fn.extra_cost(d["full_next"])
+    assert float(contact_cost.max()) > 0
+    truncated = fn.reward(d["obs"], d["act"], d["next"])
+    assert torch.allclose(truncated - contact_cost, fn.reward(d["full_obs"], d["act"], d["full_next"]))
+    assert float((truncated - d["rew"]).abs().mean()) < 0.01
