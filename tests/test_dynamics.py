@@ -378,7 +378,7 @@ def test_bfloat16_fit_learns_like_float32_and_validates_in_float32():
         torch.manual_seed(0)
         ens = DynamicsEnsemble(4, 2, num_models=2, hidden_sizes=(64, 64))
         seen = []
-        ens.models[0][0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        ens.models[0][0].register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.dtype))
         res[dtype] = fit_ensemble(ens, obs, act, nxt, config=FitConfig(batch_size=100, max_epochs=20, precision=dtype),
                                   generator=torch.Generator().manual_seed(0))
         assert seen[0] == dtype and seen[-1] == torch.float32  # training steps in dtype, validation float32
