@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/mbmpo_precision_hc
 F32=benchmarks/results/mbmpo_exploration_hc/runs/HalfCheetah-v5/mbmpo_tailored
-SEEDS=$(ls -d runs/bf16_hc_s* | sed 's/.*_s//' | sort -n | paste -sd, -)
-INCLUDES=("mbmpo_float32:HalfCheetah-v5=$F32/s[01]" "mbmpo_bfloat16:HalfCheetah-v5=runs/bf16_hc_s*")
+SEEDS=$(for d in runs/bf16_hc_s*/; do d=${d%/}; echo "${d##*_s}"; done | sort -n | paste -sd, -)
+INCLUDES=("mbmpo_float32:HalfCheetah-v5=$F32/s[01]" "mbmpo_bfloat16:HalfCheetah-v5=runs/bf16_hc_s[0-9]")
 [ -d runs/fp32_hc_s2 ] && INCLUDES+=("mbmpo_float32:HalfCheetah-v5=runs/fp32_hc_s2")
 rm -rf runs/precision_report
 $PY scripts/compare.py --no-train --envs HalfCheetah-v5 --seeds "$SEEDS" --total-steps 100000 \
