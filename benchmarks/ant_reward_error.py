@@ -61,22 +61,29 @@ def xpos_offsets(steps: int, seed: int) -> dict[str, float]:
             "xpos_to_before_last_substep_max": float(np.max(to_sub))}
 
 
-def reward_errors(steps: int, seed: int) -> dict[str, float]:
-    """|reward error| of the observation-based reward, and of the last-substep velocity correction."""
-    fn = REWARD_FNS[ENV]
-    env = gym.make(ENV, **fn.env_kwargs())
-    h = float(env.unwrapped.model.opt.timestep)
-    vx = int(env.unwrapped.model.nq)  # qvel[0] follows the qpos entries in the full observation
+def random_steps(steps: int, seed: int, **env_kwargs) -> tuple[torch.Tensor, ...]:
+    """``(obs, act, next_obs, reward, contact_cost)`` of ``steps`` uniformly random actions on
+    the observation the reward function expects (with ``env_kwargs`` on top)."""
+    env = gym.make(ENV, **REWARD_FNS[ENV].env_kwargs(), **env_kwargs)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     rows = []
     for _ in range(steps):
         act = rng.uniform(-1, 1, env.action_space.shape)
-        nxt, rew, term, trunc, _ = env.step(act)
-        rows.append((obs, act, nxt, rew))
+        nxt, rew, term, trunc, info = env.step(act)
+        rows.append((obs, act, nxt, rew, -info["reward_contact"]))
         obs = env.reset()[0] if term or trunc else nxt
     env.close()
-    o, a, n, r = (torch.as_tensor(np.array(col)) for col in zip(*rows))
+    return tuple(torch.as_tensor(np.array(col)) for col in zip(*rows))
+
+
+def reward_errors(steps: int, seed: int) -> dict[str, float]:
+    """|reward error| of the observation-based reward, and of the last-substep velocity correction."""
+    fn = REWARD_FNS[ENV]
+    probe = gym.make(ENV).unwrapped
+    h, vx = float(probe.model.opt.timestep), int(probe.model.nq)  # qvel[0] follows qpos in the full observation
+    probe.close()
+    o, a, n, r, _ = random_steps(steps, seed)
     ours = fn.reward(o, a, n)
     corrected = ours + ((n[:, 0] - h * n[:, vx]) - (o[:, 0] - h * o[:, vx]) - (n[:, 0] - o[:, 0])) / fn.dt
     e, c = (ours - r).abs(), (corrected - r).abs()
@@ -86,22 +93,10 @@ def reward_errors(steps: int, seed: int) -> dict[str, float]:
 
 def truncated_errors(steps: int, seed: int) -> dict[str, float]:
     """|reward error| on the 29-entry observation (no contact forces), and the contact cost."""
-    fn = REWARD_FNS[ENV]
-    env = gym.make(ENV, include_cfrc_ext_in_observation=False, **fn.env_kwargs())
-    rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=seed)
-    rows, contact = [], []
-    for _ in range(steps):
-        act = rng.uniform(-1, 1, env.action_space.shape)
-        nxt, rew, term, trunc, info = env.step(act)
-        rows.append((obs, act, nxt, rew))
-        contact.append(-info["reward_contact"])
-        obs = env.reset()[0] if term or trunc else nxt
-    env.close()
-    o, a, n, r = (torch.as_tensor(np.array(col)) for col in zip(*rows))
-    e = (fn.reward(o, a, n) - r).abs()
+    o, a, n, r, contact = random_steps(steps, seed, include_cfrc_ext_in_observation=False)
+    e = (REWARD_FNS[ENV].reward(o, a, n) - r).abs()
     return {"truncated_obs_reward_error_mean": float(e.mean()), "truncated_obs_reward_error_max": float(e.max()),
-            "contact_cost_mean": float(np.mean(contact)), "contact_cost_max": float(np.max(contact))}
+            "contact_cost_mean": float(contact.mean()), "contact_cost_max": float(contact.max())}
 
 
 def main() -> int:

@@ -79,7 +79,8 @@ class DynamicsEnsemble(nn.Module):
         self.in_rms = RunningMeanStd(self.in_dim)
         self.out_rms = RunningMeanStd(self.out_dim)
         self._compute_dtype: torch.dtype | None = None
-        self._cast: tuple[tuple, list[tuple[Tensor, Tensor] | nn.Module]] | None = None
+        # (key, per-layer cast weights or activation, stacked log-variance bounds (hi, lo) or None)
+        self._cast: tuple[tuple, list[tuple[Tensor, Tensor] | nn.Module], tuple[Tensor, Tensor] | None] | None = None
 
     @contextmanager
     def compute_dtype(self, dtype: torch.dtype | None) -> Iterator[None]:
@@ -101,10 +102,11 @@ class DynamicsEnsemble(nn.Module):
     def _nets(self) -> list[nn.Sequential]:
         return [m.net if self.probabilistic else m for m in self.models]
 
-    def _cast_layers(self) -> list[tuple[Tensor, Tensor] | nn.Module]:
+    def _cast_weights(self) -> tuple[list[tuple[Tensor, Tensor] | nn.Module], tuple[Tensor, Tensor] | None]:
         """Every model's layers stacked and cast to the compute dtype: ``(W [K, in, out],
-        b [K, 1, out])`` per linear layer, the activation module otherwise. Rebuilt when a
-        parameter changes (an optimizer step or a load bumps its version)."""
+        b [K, 1, out])`` per linear layer, the activation module otherwise; and the stacked
+        float32 log-variance bounds ``(hi, lo)`` ``[K, 1, out_dim]`` of probabilistic models.
+        Rebuilt when a parameter changes (an optimizer step or a load bumps its version)."""
         dtype = self._compute_dtype
         key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
         if self._cast is None or self._cast[0] != key:
@@ -118,8 +120,12 @@ class DynamicsEnsemble(nn.Module):
                         layers.append((w, b))
                     else:
                         layers.append(layer)
-            self._cast = (key, layers)
-        return self._cast[1]
+                bounds = None
+                if self.probabilistic:
+                    bounds = (torch.stack([m.max_logvar for m in self.models]).unsqueeze(1),
+                              torch.stack([m.min_logvar for m in self.models]).unsqueeze(1))
+            self._cast = (key, layers, bounds)
+        return self._cast[1], self._cast[2]
 
     def _run_cast(self, x_norm: Tensor, k: int | None) -> Tensor:
         """Model ``k`` on ``[B, in_dim]`` (-> ``[B, head]``), or every model (k None, ->
@@ -127,7 +133,7 @@ class DynamicsEnsemble(nn.Module):
         h = x_norm.to(self._compute_dtype)
         if k is None:
             h = h.expand(self.num_models, -1, -1)
-        for layer in self._cast_layers():
+        for layer in self._cast_weights()[0]:
             if isinstance(layer, tuple):
                 w, b = layer
                 h = torch.baddbmm(b, h, w) if k is None else torch.addmm(b[k], h, w[k])
@@ -150,8 +156,7 @@ class DynamicsEnsemble(nn.Module):
         out = self._run_cast(x_norm, None)
         if not self.probabilistic:
             return out, torch.full_like(out, -math.inf)
-        return self._bound(out, torch.stack([m.max_logvar for m in self.models]).unsqueeze(1),
-                           torch.stack([m.min_logvar for m in self.models]).unsqueeze(1))
+        return self._bound(out, *self._cast_weights()[1])
 
     def _bound(self, out: Tensor, hi: Tensor, lo: Tensor) -> tuple[Tensor, Tensor]:
         """Raw ``[..., 2 * out_dim]`` -> (mean, soft-bounded log-variance) ``[..., out_dim]``."""

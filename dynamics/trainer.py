@@ -159,14 +159,14 @@ def fit_ensemble(
         sums = torch.zeros(num_models, dtype=torch.float64)
         for b in range(num_batches):
             losses, weights, ks = [], [], []
-            for k in range(num_models):
-                idx = order[k][b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if not active[k] or len(idx) == 0:
-                    continue
-                with ensemble.compute_dtype(cfg.precision):
+            with ensemble.compute_dtype(cfg.precision):
+                for k in range(num_models):
+                    idx = order[k][b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                    if not active[k] or len(idx) == 0:
+                        continue
                     losses.append(model_loss(ensemble, k, x[idx], y[idx], cfg))
-                weights.append(len(idx))
-                ks.append(k)
+                    weights.append(len(idx))
+                    ks.append(k)
             if not losses:
                 continue
             opt.zero_grad(set_to_none=True)
