@@ -278,8 +278,18 @@ def environment_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_native(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
             "packages": packages, "git": git_describe()}
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX) that oneDNN uses;
+    without them bf16 products are emulated and the precision options are slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def git_describe() -> str | None:

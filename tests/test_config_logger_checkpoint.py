@@ -134,6 +134,9 @@ def test_environment_record_appends_starts_and_warns_on_a_damaged_file(tmp_path)
     starts = yaml.safe_load(f.read_text())
     assert [e["start_step"] for e in starts] == [0, 300]
     assert starts[0]["packages"]["numpy"] == np.__version__ and starts[0]["python"].count(".") == 2
+    # the precision options' speed depends on the CPU's instruction set: the record says which it had
+    assert starts[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(starts[0]["cpu_bf16_native"], bool)
     f.write_text("a: [")
     with pytest.warns(UserWarning, match="not a list of starts"):
         record_environment(f, 600)
