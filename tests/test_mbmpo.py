@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 
+from dynamics.model_env import ImaginedStep
 from mbmpo import MBMPO, MBMPOConfig
 from mbmpo.config import config_from_dict
 from mbmpo.errors import CheckpointError, ConfigError, TrainingError
 from mbmpo.mbmpo.extensions.fall_hazard import fit_hazard, hazard_cost
 from mbmpo.mbmpo.extensions.focus_starts import focus_rows
+from mbmpo.mbmpo.extensions.uncertainty_penalty import relative_penalty
 from mbmpo.mbmpo.outer import outer_trpo, surrogate_and_kl
 from mbmpo.meta import forward_per_task
 from mbmpo.sampler import collect
@@ -185,6 +187,37 @@ def test_model_penalty_lowers_the_imagined_returns_by_the_logged_penalty():
         H * s2["imagined/penalty"], rel=0.1)
 
 
+def test_relative_penalty_by_hand():
+    u = torch.tensor([0.0, 0.1, 0.2, 0.5])
+    # coef 2, reward std 3, u_ref 0.2: 2 * 3 * max(0, u / 0.2 - 1) = 0, 0, 0, 9
+    assert torch.allclose(relative_penalty(u, 0.2, 3.0, 2.0), torch.tensor([0.0, 0.0, 0.0, 9.0]))
+
+
+def test_relative_penalty_measures_its_reference_on_real_data_and_survives_a_checkpoint(tmp_path):
+    """After a fit, u_ref is the chosen quantile of the models' disagreement on the newest real
+    rows and sigma_r the std of their rewards; imagined steps inside that level cost nothing,
+    and a resumed run restores both."""
+    cfg = dict(uncertainty_penalty={"coef": 1.0, "relative": True, "ref_quantile": 0.5, "ref_rows": 100})
+    algo = MBMPO(pm_config(**cfg), out_dir=tmp_path, console=False)
+    pen = algo.plugin("uncertainty_penalty")
+    assert pen.reward_cost(ImaginedStep(*[torch.zeros(3, 2)] * 3, torch.zeros(3), torch.ones(3))).eq(0).all()
+    algo.collect_real()
+    stats = algo.fit_models()
+    data = algo.dataset.arrays()
+    with torch.no_grad():
+        u = algo.ensemble.predict_with_uncertainty(data["obs"][-100:].float(), data["act"][-100:].float(),
+                                                   torch.zeros(100, dtype=torch.long), "disagreement")[2]
+    assert pen.u_ref == pytest.approx(float(torch.quantile(u.double(), 0.5)), rel=1e-4)
+    assert pen.reward_std == pytest.approx(float(data["reward"][-100:].double().std(unbiased=False)), rel=1e-6)
+    assert stats["imagined/penalty_u_ref"] == pen.u_ref
+    cost = pen.reward_cost(ImaginedStep(*[torch.zeros(100, 2)] * 3, torch.zeros(100), u.double()))
+    assert ((cost == 0) == (u.double() <= pen.u_ref)).all() and cost.max() > 0
+    algo.save(tmp_path / "c.pt")
+    again = MBMPO.load(tmp_path / "c.pt", console=False)
+    assert (again.plugin("uncertainty_penalty").u_ref, again.plugin("uncertainty_penalty").reward_std) == (
+        pen.u_ref, pen.reward_std)
+
+
 @pytest.mark.parametrize("data", ["real", "imagined"])
 def test_terminal_value_is_fitted_logged_and_bootstraps_the_last_imagined_reward(tmp_path, data):
     algo = MBMPO(pm_config(terminal_value=data, terminal_value_epochs=3), out_dir=tmp_path, console=False)
@@ -288,6 +321,8 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(model_penalty=-0.5), r"uncertainty_penalty.coef must be a finite number >= 0 \(0 = off\), got -0.5"),
     (dict(model_uncertainty="max"), r"uncertainty_penalty.uncertainty 'max' is not allowed; use one of \['disagreement', 'aleatoric'\]"),
     (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "uncertainty_penalty.uncertainty 'aleatoric' needs model_type 'probabilistic'"),
+    (dict(uncertainty_penalty={"relative": True, "ref_quantile": 0.0}), r"uncertainty_penalty.ref_quantile must be in \(0, 1\], got 0.0"),
+    (dict(uncertainty_penalty={"relative": True, "ref_rows": 0}), "uncertainty_penalty.ref_rows must be >= 1, got 0"),
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
     (dict(focus_fraction=1.5), r"focus_starts.fraction must be in \[0, 1\], focus_starts.quantile in \(0, 1\] and focus_starts.window >= 1, got 1.5"),
     (dict(focus_fraction=0.2, imagined_init="reset"), "focus_starts.fraction 0.2 needs imagined_init 'dataset', got 'reset'"),

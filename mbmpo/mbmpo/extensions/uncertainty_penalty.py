@@ -1,5 +1,16 @@
 """Uncertainty-penalized imagined rewards ``r - lambda * u(s, a)`` (MOPO, Yu et al. 2020): the
-policy gains nothing from states and actions where the models disagree or are unsure."""
+policy gains nothing from states and actions where the models disagree or are unsure.
+
+``relative: true`` states the penalty in units that carry across tasks (MOPO's bound on the
+value error scales with the reward's range; a fixed weight in the models' units does not):
+
+    cost(s, a) = lambda * sigma_r * max(0, u(s, a) / u_ref - 1)
+
+with ``sigma_r`` the std of the real rewards per step and ``u_ref`` a quantile of ``u`` on the
+most recent real (s, a), both refreshed after every model fit. Inside the real data's support
+the cost is zero, so on tasks that end early (Hopper, Walker2d, Ant) a penalty paid on every
+step does not make ending the episode pay.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from dynamics.ensemble import UNCERTAINTIES
@@ -23,6 +35,13 @@ class UncertaintyPenaltyConfig:
     uncertainty: str = "disagreement"
     """``u``: 'disagreement' (spread of the K models' mean predictions) or 'aleatoric' (the
     largest predicted std of the K models, MOPO's; needs probabilistic models)."""
+    relative: bool = False
+    """False: ``cost = coef * u``. True: ``cost = coef * sigma_r * max(0, u / u_ref - 1)``, the
+    excess of ``u`` over its level on real data, in real-reward stds (module docstring)."""
+    ref_quantile: float = 0.9
+    """``u_ref`` (relative only): this quantile of ``u`` over the ``ref_rows`` newest real rows."""
+    ref_rows: int = 5000
+    """Newest real (s, a) rows ``u_ref`` and ``sigma_r`` are measured on (relative only)."""
 
     @property
     def enabled(self) -> bool:
@@ -36,10 +55,20 @@ class UncertaintyPenaltyConfig:
                               f"use one of {list(UNCERTAINTIES)}")
         if self.enabled and self.uncertainty == "aleatoric" and core.model_type != "probabilistic":
             raise ConfigError("uncertainty_penalty.uncertainty 'aleatoric' needs model_type 'probabilistic'")
+        if not 0.0 < self.ref_quantile <= 1.0:
+            raise ConfigError(f"uncertainty_penalty.ref_quantile must be in (0, 1], got {self.ref_quantile}")
+        if self.ref_rows < 1:
+            raise ConfigError(f"uncertainty_penalty.ref_rows must be >= 1, got {self.ref_rows}")
+
+
+def relative_penalty(u: Tensor, u_ref: float, reward_std: float, coef: float) -> Tensor:
+    """``coef * reward_std * max(0, u / u_ref - 1)`` for uncertainties ``u [N]`` -> ``[N]``."""
+    return coef * reward_std * torch.clamp(u / u_ref - 1.0, min=0.0)
 
 
 class UncertaintyPenalty(Plugin):
-    """Subtracts ``coef * u(s, a)`` from every imagined reward; logs its mean as ``imagined/penalty``."""
+    """Subtracts ``coef * u(s, a)`` (or its relative form) from every imagined reward; logs its
+    mean as ``imagined/penalty``."""
 
     name = "uncertainty_penalty"
     cost_key = "imagined/penalty"
@@ -47,7 +76,35 @@ class UncertaintyPenalty(Plugin):
     def __init__(self, config: UncertaintyPenaltyConfig):
         self.config = config
         self.uncertainty = config.uncertainty
+        # until the first fit has measured them: u_ref = inf makes the relative cost zero
+        self.u_ref, self.reward_std = math.inf, 0.0
+
+    def fit_real(self, data: dict[str, Tensor]) -> dict[str, float]:
+        c = self.config
+        if not c.relative:
+            return {}
+        obs, act, reward = data["obs"][-c.ref_rows:], data["act"][-c.ref_rows:], data["reward"][-c.ref_rows:]
+        ens = self.algo.ensemble
+        model_idx = torch.zeros(len(obs), dtype=torch.long)
+        with torch.no_grad():
+            u = ens.predict_with_uncertainty(obs.to(torch.float32), act.to(torch.float32), model_idx,
+                                             c.uncertainty)[2].double()
+        # floors keep a task with constant rewards or identical models from dividing by zero
+        self.u_ref = max(float(torch.quantile(u, c.ref_quantile)), 1e-8)
+        self.reward_std = float(reward.double().std(unbiased=False))
+        return {"imagined/penalty_u_ref": self.u_ref, "imagined/penalty_reward_std": self.reward_std}
 
     def reward_cost(self, step: ImaginedStep) -> Tensor:
         assert step.uncertainty is not None
-        return self.config.coef * step.uncertainty
+        c = self.config
+        if c.relative:
+            return relative_penalty(step.uncertainty, self.u_ref, self.reward_std, c.coef)
+        return c.coef * step.uncertainty
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"u_ref": self.u_ref, "reward_std": self.reward_std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # checkpoints written before the relative form hold no state for this plug-in
+        self.u_ref = float(state.get("u_ref", math.inf))
+        self.reward_std = float(state.get("reward_std", 0.0))
