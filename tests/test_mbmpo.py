@@ -360,3 +360,19 @@ def test_predict_names_a_wrong_observation_size():
     assert algo.predict(full).shape == algo.action_space.shape
     with pytest.raises(ValueError, match=f"observation has {algo.obs_dim - 1} entries, this policy takes {algo.obs_dim}"):
         algo.predict(full[1:])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_options_warn_on_a_cpu_that_emulates_bf16(monkeypatch, native):
+    import warnings
+
+    import mbmpo.mbmpo.algorithm as mod
+
+    monkeypatch.setattr(mod, "cpu_bf16_native", lambda: native)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        MBMPO(pm_config(imagined_precision="bfloat16"), console=False)
+        MBMPO(pm_config(), console=False)
+    slow = [w for w in seen if "without bf16 instructions" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    assert native or "imagined_precision bfloat16" in str(slow[0].message)
