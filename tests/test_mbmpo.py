@@ -193,25 +193,43 @@ def test_relative_penalty_by_hand():
     assert torch.allclose(relative_penalty(u, 0.2, 3.0, 2.0), torch.tensor([0.0, 0.0, 0.0, 9.0]))
 
 
-def test_relative_penalty_measures_its_reference_on_real_data_and_survives_a_checkpoint(tmp_path):
-    """After a fit, u_ref is the chosen quantile of the models' disagreement on the newest real
-    rows and sigma_r the std of their rewards; imagined steps inside that level cost nothing,
-    and a resumed run restores both."""
-    cfg = dict(uncertainty_penalty={"coef": 1.0, "relative": True, "ref_quantile": 0.5, "ref_rows": 100})
-    algo = MBMPO(pm_config(**cfg), out_dir=tmp_path, console=False)
+@pytest.mark.parametrize("ref_on", ["fresh", "fitted"])
+def test_relative_penalty_measures_its_reference_on_real_data_and_survives_a_checkpoint(tmp_path, ref_on):
+    """u_ref is the chosen quantile of the models' disagreement on real rows: a new batch under
+    the models that have not seen it ('fresh') or the newest rows after the fit ('fitted');
+    sigma_r is the std of the newest rewards. Imagined steps below u_ref cost nothing, and a
+    resumed run restores both."""
+    pen_cfg = {"coef": 1.0, "relative": True, "ref_quantile": 0.5, "ref_rows": 100, "ref_on": ref_on}
+    algo = MBMPO(pm_config(uncertainty_penalty=pen_cfg), out_dir=tmp_path, console=False)
     pen = algo.plugin("uncertainty_penalty")
     assert pen.reward_cost(ImaginedStep(*[torch.zeros(3, 2)] * 3, torch.zeros(3), torch.ones(3))).eq(0).all()
-    algo.collect_real()
+
+    def u_of_newest(rows):
+        data = algo.dataset.arrays()
+        with torch.no_grad():
+            return algo.ensemble.predict_with_uncertainty(
+                data["obs"][-rows:].float(), data["act"][-rows:].float(), torch.zeros(rows, dtype=torch.long),
+                "disagreement")[2].double()
+
+    algo.collect_real()  # the random warm-up: no models to measure with yet
     stats = algo.fit_models()
+    if ref_on == "fresh":
+        assert pen.u_ref == math.inf
+        before = len(algo.dataset)
+        algo.collect_real()  # a batch the fitted models have not trained on
+        u = u_of_newest(min(100, len(algo.dataset) - before))  # its newest ref_rows rows
+        assert pen.u_ref == pytest.approx(float(torch.quantile(u, 0.5)), rel=1e-4)
+        before = pen.u_ref
+        stats = algo.fit_models()
+        assert pen.u_ref == before  # the fit does not move a fresh reference
+    else:
+        u = u_of_newest(100)
+        assert pen.u_ref == pytest.approx(float(torch.quantile(u, 0.5)), rel=1e-4)
     data = algo.dataset.arrays()
-    with torch.no_grad():
-        u = algo.ensemble.predict_with_uncertainty(data["obs"][-100:].float(), data["act"][-100:].float(),
-                                                   torch.zeros(100, dtype=torch.long), "disagreement")[2]
-    assert pen.u_ref == pytest.approx(float(torch.quantile(u.double(), 0.5)), rel=1e-4)
     assert pen.reward_std == pytest.approx(float(data["reward"][-100:].double().std(unbiased=False)), rel=1e-6)
     assert stats["imagined/penalty_u_ref"] == pen.u_ref
-    cost = pen.reward_cost(ImaginedStep(*[torch.zeros(100, 2)] * 3, torch.zeros(100), u.double()))
-    assert ((cost == 0) == (u.double() <= pen.u_ref)).all() and cost.max() > 0
+    cost = pen.reward_cost(ImaginedStep(*[torch.zeros(len(u), 2)] * 3, torch.zeros(len(u)), u))
+    assert ((cost == 0) == (u <= pen.u_ref)).all() and cost.max() > 0
     algo.save(tmp_path / "c.pt")
     again = MBMPO.load(tmp_path / "c.pt", console=False)
     assert (again.plugin("uncertainty_penalty").u_ref, again.plugin("uncertainty_penalty").reward_std) == (
@@ -323,6 +341,7 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(model_penalty=1.0, model_uncertainty="aleatoric"), "uncertainty_penalty.uncertainty 'aleatoric' needs model_type 'probabilistic'"),
     (dict(uncertainty_penalty={"relative": True, "ref_quantile": 0.0}), r"uncertainty_penalty.ref_quantile must be in \(0, 1\], got 0.0"),
     (dict(uncertainty_penalty={"relative": True, "ref_rows": 0}), "uncertainty_penalty.ref_rows must be >= 1, got 0"),
+    (dict(uncertainty_penalty={"ref_on": "val"}), r"uncertainty_penalty.ref_on 'val' is not allowed; use one of \['fresh', 'fitted'\]"),
     (dict(model_type="gaussian"), r"model_type 'gaussian' is not allowed; use one of \['deterministic', 'probabilistic'\]"),
     (dict(focus_fraction=1.5), r"focus_starts.fraction must be in \[0, 1\], focus_starts.quantile in \(0, 1\] and focus_starts.window >= 1, got 1.5"),
     (dict(focus_fraction=0.2, imagined_init="reset"), "focus_starts.fraction 0.2 needs imagined_init 'dataset', got 'reset'"),

@@ -18,7 +18,9 @@ FIXTURE = json.loads((ROOT / "tests" / "data" / "preset_configs_8ccd224.json").r
 # the checkpoint schedule moved from iterations to real steps: not a training setting
 SCHEDULE_KEYS = {"checkpoint_every", "checkpoint_every_steps"}
 # fields added since, with the value that keeps the earlier behaviour
-ADDED = {"mbmpo": {"imagined_precision": "float32", "model_epoch_rows": 0, "model_fit_precision": "float32"},
+ADDED = {"mbmpo": {"imagined_precision": "float32", "model_epoch_rows": 0, "model_fit_precision": "float32",
+                   "uncertainty_penalty.relative": False, "uncertainty_penalty.ref_quantile": 0.9,
+                   "uncertainty_penalty.ref_rows": 5000, "uncertainty_penalty.ref_on": "fresh"},
          "dppo": {"kl_stop": "mean", "straggler_mode": "preempt_collection", "report_poll_s": 0.001}}
 
 
@@ -29,7 +31,10 @@ def flat(d: dict) -> dict:
     for group in {g for g, _ in LEGACY_KEYS.values()}:
         if isinstance(out.get(group), dict):
             for key, value in out.pop(group).items():
-                out["terminal_value" if (group, key) == ("terminal_value", "fit_on") else back[(group, key)]] = value
+                if (group, key) == ("terminal_value", "fit_on"):
+                    out["terminal_value"] = value
+                else:  # a plug-in field added after the flat keys has no flat name: group.key
+                    out[back.get((group, key), f"{group}.{key}")] = value
     return {k: v for k, v in out.items() if k not in SCHEDULE_KEYS}
 
 

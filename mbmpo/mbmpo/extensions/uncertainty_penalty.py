@@ -6,17 +6,20 @@ value error scales with the reward's range; a fixed weight in the models' units 
 
     cost(s, a) = lambda * sigma_r * max(0, u(s, a) / u_ref - 1)
 
-with ``sigma_r`` the std of the real rewards per step and ``u_ref`` a quantile of ``u`` on the
-most recent real (s, a), both refreshed after every model fit. Inside the real data's support
-the cost is zero, so on tasks that end early (Hopper, Walker2d, Ant) a penalty paid on every
-step does not make ending the episode pay.
+with ``sigma_r`` the std of the real rewards per step (newest rows, after every model fit) and
+``u_ref`` a quantile of ``u`` on real (s, a): by default on each new real batch before the
+models are fitted to it (``ref_on: fresh``, their disagreement on data like the policy's that
+they have not trained on), or after the fit on the newest rows (``fitted``, an in-sample level
+that shrinks as the models fit their data). Below ``u_ref`` the cost is zero, so on tasks that
+end early (Hopper, Walker2d, Ant) a penalty paid on every step does not make ending the episode
+pay.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,6 +27,9 @@ from torch import Tensor
 from dynamics.ensemble import UNCERTAINTIES
 from mbmpo.errors import ConfigError
 from mbmpo.mbmpo.extensions.base import ImaginedStep, Plugin
+
+if TYPE_CHECKING:
+    from mbmpo.buffers import Rollout
 
 
 @dataclass
@@ -42,6 +48,9 @@ class UncertaintyPenaltyConfig:
     """``u_ref`` (relative only): this quantile of ``u`` over the ``ref_rows`` newest real rows."""
     ref_rows: int = 5000
     """Newest real (s, a) rows ``u_ref`` and ``sigma_r`` are measured on (relative only)."""
+    ref_on: str = "fresh"
+    """Where ``u_ref`` is measured (relative only): 'fresh' (each new real batch, before the fit)
+    or 'fitted' (the newest rows, after the fit)."""
 
     @property
     def enabled(self) -> bool:
@@ -59,6 +68,8 @@ class UncertaintyPenaltyConfig:
             raise ConfigError(f"uncertainty_penalty.ref_quantile must be in (0, 1], got {self.ref_quantile}")
         if self.ref_rows < 1:
             raise ConfigError(f"uncertainty_penalty.ref_rows must be >= 1, got {self.ref_rows}")
+        if self.ref_on not in ("fresh", "fitted"):
+            raise ConfigError(f"uncertainty_penalty.ref_on {self.ref_on!r} is not allowed; use one of ['fresh', 'fitted']")
 
 
 def relative_penalty(u: Tensor, u_ref: float, reward_std: float, coef: float) -> Tensor:
@@ -79,19 +90,32 @@ class UncertaintyPenalty(Plugin):
         # until the first fit has measured them: u_ref = inf makes the relative cost zero
         self.u_ref, self.reward_std = math.inf, 0.0
 
+    def _measure_u_ref(self, obs: Tensor, act: Tensor) -> None:
+        """``u_ref`` <- the ``ref_quantile`` of the models' ``u`` on real ``obs [B, obs_dim]``, ``act [B, act_dim]``."""
+        c = self.config
+        model_idx = torch.zeros(len(obs), dtype=torch.long)
+        with torch.no_grad():
+            u = self.algo.ensemble.predict_with_uncertainty(obs.to(torch.float32), act.to(torch.float32),
+                                                            model_idx, c.uncertainty)[2].double()
+        # the floor keeps identical models from dividing by zero
+        self.u_ref = max(float(torch.quantile(u, c.ref_quantile)), 1e-8)
+
+    def label_real(self, rollout: Rollout) -> dict[str, Tensor]:
+        c = self.config
+        # before the first fit (an empty data set) the models are untrained: nothing to measure
+        if c.relative and c.ref_on == "fresh" and len(self.algo.dataset) > 0:
+            act = torch.max(torch.min(rollout.actions, self.algo._act_high), self.algo._act_low)
+            self._measure_u_ref(rollout.obs.reshape(-1, rollout.obs.shape[-1])[-c.ref_rows:],
+                                act.reshape(-1, act.shape[-1])[-c.ref_rows:])
+        return {}
+
     def fit_real(self, data: dict[str, Tensor]) -> dict[str, float]:
         c = self.config
         if not c.relative:
             return {}
-        obs, act, reward = data["obs"][-c.ref_rows:], data["act"][-c.ref_rows:], data["reward"][-c.ref_rows:]
-        ens = self.algo.ensemble
-        model_idx = torch.zeros(len(obs), dtype=torch.long)
-        with torch.no_grad():
-            u = ens.predict_with_uncertainty(obs.to(torch.float32), act.to(torch.float32), model_idx,
-                                             c.uncertainty)[2].double()
-        # floors keep a task with constant rewards or identical models from dividing by zero
-        self.u_ref = max(float(torch.quantile(u, c.ref_quantile)), 1e-8)
-        self.reward_std = float(reward.double().std(unbiased=False))
+        if c.ref_on == "fitted":
+            self._measure_u_ref(data["obs"][-c.ref_rows:], data["act"][-c.ref_rows:])
+        self.reward_std = float(data["reward"][-c.ref_rows:].double().std(unbiased=False))
         return {"imagined/penalty_u_ref": self.u_ref, "imagined/penalty_reward_std": self.reward_std}
 
     def reward_cost(self, step: ImaginedStep) -> Tensor:
