@@ -242,6 +242,11 @@ class MBMPO(Algorithm):
         return self._act_low + u * (self._act_high - self._act_low), {}
 
     # ----- Algorithm 1: real data and models ----------------------------------------------------
+    def applied_actions(self, actions: Tensor) -> Tensor:
+        """The actions ``[..., act_dim]`` clipped to the bounds, as the env applied them: what the
+        models learn from (imagined steps clip the same way)."""
+        return torch.max(torch.min(actions, self._act_high), self._act_low)
+
     def collect_real(self) -> Rollout:
         """Real steps: random actions first, then the adapted policies (or theta); adds them to the data set."""
         c = self.config
@@ -263,8 +268,7 @@ class MBMPO(Algorithm):
         self._obs, self._ts = roll.last_obs, roll.last_timesteps
         if bool(roll.dones[-1].all()):
             self._obs = None  # every copy just finished an episode: reset (seeded) next time
-        # the models learn from the action the env applied (imagined steps clip the same way)
-        applied = torch.max(torch.min(roll.actions, self._act_high), self._act_low)
+        applied = self.applied_actions(roll.actions)
         columns = {"collector_model": collector.expand(steps, -1)}
         columns.update({name: v for p in self.plugins for name, v in p.label_real(roll).items()})
         self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator,

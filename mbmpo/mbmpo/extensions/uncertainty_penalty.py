@@ -104,7 +104,7 @@ class UncertaintyPenalty(Plugin):
         c = self.config
         # before the first fit (an empty data set) the models are untrained: nothing to measure
         if c.relative and c.ref_on == "fresh" and len(self.algo.dataset) > 0:
-            act = torch.max(torch.min(rollout.actions, self.algo._act_high), self.algo._act_low)
+            act = self.algo.applied_actions(rollout.actions)
             self._measure_u_ref(rollout.obs.reshape(-1, rollout.obs.shape[-1])[-c.ref_rows:],
                                 act.reshape(-1, act.shape[-1])[-c.ref_rows:])
         return {}
