@@ -102,7 +102,8 @@ class MBMPO(Algorithm):
         if slow and not cpu_bf16_native():
             warnings.warn(f"{' and '.join(slow)} bfloat16 on a CPU without bf16 instructions "
                           f"({torch.backends.cpu.get_cpu_capability()}): its bf16 products are emulated, "
-                          "many times slower than float32 (about 30x per imagined step on an AVX2 CPU); use float32",
+                          "many times slower than float32 (32x per imagined step on an AVX2 EPYC: "
+                          "benchmarks/ensemble_precision.py); use float32",
                           stacklevel=2)
         self.mlp_baseline: MLPBaseline | None = None
         if c.baseline == "mlp":
