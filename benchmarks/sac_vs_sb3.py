@@ -14,6 +14,10 @@ episodes at each ``--eval-at`` step count.
 
     python benchmarks/sac_vs_sb3.py --updates 3000                         # throughput only
     python benchmarks/sac_vs_sb3.py --returns --seeds 0 1 2 --eval-at 50000 100000
+    python benchmarks/sac_vs_sb3.py --update-precision bfloat16            # ours with bf16 hidden layers
+
+``--update-precision`` sets our SAC's ``update_precision`` (SB3 always runs float32); the
+CPU's bf16 support is recorded with the throughput (bf16 is fast only where it is native).
 
 Writes throughput.json/.csv and, with --returns, returns.json/.csv, summary.json and
 sac_vs_sb3.png under --out (default benchmarks/results/sac_vs_sb3/).
@@ -139,9 +143,14 @@ def setup_worker(threads: int) -> None:
 
 
 def throughput(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    from mbmpo.algorithm import cpu_bf16_native
+
     setup_worker(args.threads)
     overrides = dict(learning_starts=args.warmup, num_steps=args.chunk, eval_episodes=1)
-    libs = [Ours(args.env, 0, overrides), SB3(args.env, 0, overrides)]
+    libs = [Ours(args.env, 0, {**overrides, "update_precision": args.update_precision}),
+            SB3(args.env, 0, overrides)]
     for lib in libs:
         lib.learn_to(args.warmup)  # random warm-up, no updates
         lib.timed.seconds, lib.timed.updates = 0.0, 0
@@ -158,7 +167,10 @@ def throughput(args: argparse.Namespace) -> list[dict]:
                      "update_time_s": lib.timed.seconds, "updates_per_s": lib.timed.updates / lib.timed.seconds,
                      "env_steps": args.updates, "phase_time_s": phase[lib.lib],
                      "steps_per_s": args.updates / phase[lib.lib],
-                     "loadavg_start": round(load_before, 2), "loadavg_end": round(os.getloadavg()[0], 2)})
+                     "loadavg_start": round(load_before, 2), "loadavg_end": round(os.getloadavg()[0], 2),
+                     "update_precision": args.update_precision if lib.lib == "mbmpo" else "float32",
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "cpu_bf16_native": cpu_bf16_native()})
     ours, sb3 = rows
     ratio = {"updates_per_s": ours["updates_per_s"] / sb3["updates_per_s"],
              "steps_per_s": ours["steps_per_s"] / sb3["steps_per_s"]}
@@ -169,29 +181,31 @@ def throughput(args: argparse.Namespace) -> list[dict]:
     return [*rows, {"lib": "ratio_ours_over_sb3", **ratio}]
 
 
-def run_returns(lib_name: str, env_id: str, seed: int, eval_at: list[int], episodes: int, threads: int) -> dict:
+def run_returns(lib_name: str, env_id: str, seed: int, eval_at: list[int], episodes: int, threads: int,
+                precision: str) -> dict:
     setup_worker(threads)
-    lib = (Ours if lib_name == "mbmpo" else SB3)(env_id, seed, {})
+    lib = Ours(env_id, seed, {"update_precision": precision}) if lib_name == "mbmpo" else SB3(env_id, seed, {})
     evals, train_time = [], 0.0
     for steps in eval_at:
         train_time += lib.learn_to(steps)
         rets = lib.evaluate(episodes)
         evals.append({"steps": steps, "return_mean": float(rets.mean()), "return_std": float(rets.std())})
     return {"lib": lib_name, "env": env_id, "seed": seed, "train_time_s": train_time,
+            "update_precision": precision if lib_name == "mbmpo" else "float32",
             "updates": lib.num_updates, "evals": evals}
 
 
 def returns(args: argparse.Namespace, out: Path) -> list[dict]:
     results = []
-    with ProcessPoolExecutor(2) as pool:
-        for seed in args.seeds:
-            futs = [pool.submit(run_returns, lib, args.env, seed, args.eval_at, args.episodes, args.threads)
-                    for lib in ("sb3", "mbmpo")]
-            for f in futs:
-                r = f.result()
-                results.append(r)
-                print(f"{r['lib']:6s} seed {r['seed']}: " + ", ".join(
-                    f"{e['steps']}:{e['return_mean']:.0f}" for e in r["evals"]), flush=True)
+    with ProcessPoolExecutor(2) as pool:  # every (seed, library) run queued at once, two at a time
+        futs = [pool.submit(run_returns, lib, args.env, seed, args.eval_at, args.episodes, args.threads,
+                            args.update_precision)
+                for seed in args.seeds for lib in ("sb3", "mbmpo")]
+        for f in futs:
+            r = f.result()
+            results.append(r)
+            print(f"{r['lib']:6s} seed {r['seed']}: " + ", ".join(
+                f"{e['steps']}:{e['return_mean']:.0f}" for e in r["evals"]), flush=True)
             (out / "returns.json").write_text(json.dumps(results, indent=1))
     summarize_returns(results, out, args.env)
     return results
@@ -243,6 +257,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-at", type=int, nargs="+", default=[50_000, 100_000])
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--update-precision", default="float32", choices=["float32", "bfloat16"],
+                    help="our SAC's update_precision (SB3 runs float32)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sac_vs_sb3"))
     args = ap.parse_args()
     out = Path(args.out)

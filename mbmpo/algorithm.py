@@ -292,6 +292,16 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+def warn_if_bf16_emulated(options: list[str], device: torch.device) -> None:
+    """Warn once when the precision ``options`` (names of settings set to bfloat16; empty: no
+    warning) will run on a CPU whose bf16 products are emulated, many times slower than float32."""
+    if options and device.type == "cpu" and not cpu_bf16_native():
+        warnings.warn(f"{' and '.join(options)} bfloat16 on a CPU without bf16 instructions "
+                      f"({torch.backends.cpu.get_cpu_capability()}): its bf16 products are emulated, "
+                      "many times slower than float32 (32x per imagined step on an AVX2 EPYC: "
+                      "benchmarks/ensemble_precision.py); use float32", stacklevel=3)
+
+
 def git_describe() -> str | None:
     """``<commit>`` of the source tree, ``+dirty`` when it has uncommitted changes; None
     outside this project's own checkout (an installed package, even one that lies inside some

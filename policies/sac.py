@@ -46,6 +46,16 @@ def squashed_sample(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tenso
     return torch.tanh(u), gauss - tanh_log_det_jacobian(u)
 
 
+def float32_layer(fn, h: Tensor, *args: Tensor) -> Tensor:
+    """``fn(h.float(), *args)`` with autocast off: an output layer stays in float32 inside a
+    low-precision ``torch.autocast`` block (a bf16 Q-value of 500 is only resolved to 2; the
+    layer is one column, its cost nothing). Outside autocast, plain ``fn(h, *args)``."""
+    if not torch.is_autocast_enabled(h.device.type):
+        return fn(h, *args)
+    with torch.autocast(h.device.type, enabled=False):
+        return fn(h.float(), *args)
+
+
 class SquashedGaussianActor(nn.Module):
     """``pi(a|s) = tanh(N(mean(s), std(s)^2))``: one MLP with ``2 * act_dim`` outputs
     (mean and log-std, the latter clamped to ``[LOG_STD_MIN, LOG_STD_MAX]``); PyTorch's
@@ -61,8 +71,13 @@ class SquashedGaussianActor(nn.Module):
                 m.inplace = True
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``obs [B, obs_dim] -> (mean, log_std)``, each ``[B, act_dim]``."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        """``obs [B, obs_dim] -> (mean, log_std)``, each ``[B, act_dim]``, float32 also under a
+        low-precision autocast (only the hidden layers run in it)."""
+        *body, head = self.net
+        h = obs
+        for layer in body:
+            h = layer(h)
+        mean, log_std = float32_layer(head, h).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -88,7 +103,8 @@ class EnsembleQ(nn.Module):
     ``[K, in, out]``, so all of them run in one batched matmul per layer.
 
     Each member is initialized like ``nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``).
-    ``forward(obs [B, obs_dim], act [B, act_dim]) -> [K, B]``.
+    ``forward(obs [B, obs_dim], act [B, act_dim]) -> [K, B]``, float32 also under a
+    low-precision autocast (only the hidden layers run in it).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (256, 256),
@@ -114,9 +130,14 @@ class EnsembleQ(nn.Module):
         actor loss sends no gradient into the critics)."""
         layers = self.layers() if layers is None else layers
         x = torch.cat([obs, act], dim=-1)  # [B, in]
-        (w, b), *rest = layers
-        h = torch.baddbmm(b, x.expand(w.shape[0], *x.shape), w)  # [K, B, hidden]
-        for w, b in rest:
-            # in place on the fresh baddbmm output: ReLU's backward needs only its result
-            h = torch.baddbmm(b, torch.relu_(h) if self._relu else self.act(h), w)
-        return h.squeeze(-1)
+        *hidden, (w_out, b_out) = layers
+        h = x.expand(w_out.shape[0], *x.shape)  # [K, B, in]
+        for i, (w, b) in enumerate(hidden):
+            h = torch.baddbmm(b, self._activate(h) if i else h, w)  # [K, B, hidden]
+        if hidden:
+            h = self._activate(h)
+        return float32_layer(lambda z: torch.baddbmm(b_out, z, w_out), h).squeeze(-1)
+
+    def _activate(self, h: Tensor) -> Tensor:
+        # in place on the fresh baddbmm output: ReLU's backward needs only its result
+        return torch.relu_(h) if self._relu else self.act(h)

@@ -116,7 +116,8 @@ def test_min_std_floors_the_std_of_theta(tmp_path):
     algo = MBMPO(pm_config(init_log_std=-0.5, min_std=0.6), out_dir=tmp_path, console=False)
     algo.learn(180)
     algo.close()
-    assert (algo.policy.log_std.detach() >= torch.log(torch.tensor(0.6))).all()
+    # the floor is log(0.6) rounded once to float32 (torch.log of float32 0.6 may differ by an ulp)
+    assert (algo.policy.log_std.detach() >= torch.tensor(math.log(0.6))).all()
     rows = list(csv.DictReader((tmp_path / "progress.csv").read_text().splitlines()))
     assert all(float(r["policy/std_mean"]) >= 0.6 - 1e-6 for r in rows)
     free = MBMPO(pm_config(init_log_std=-0.5), console=False)
@@ -385,7 +386,7 @@ def test_predict_names_a_wrong_observation_size():
 def test_bf16_options_warn_on_a_cpu_that_emulates_bf16(monkeypatch, native):
     import warnings
 
-    import mbmpo.mbmpo.algorithm as mod
+    import mbmpo.algorithm as mod
 
     monkeypatch.setattr(mod, "cpu_bf16_native", lambda: native)
     with warnings.catch_warnings(record=True) as seen:

@@ -259,6 +259,42 @@ def test_resume_continues_exactly_with_the_replay_buffer(tmp_path):
         assert rows[-1][key], key
 
 
+def test_bfloat16_updates_run_the_hidden_layers_in_bf16_and_the_rest_in_float32():
+    algos = [sac(seed=3, update_precision=p) for p in ("float32", "bfloat16", "bfloat16")]
+    for a in algos:
+        a.learn(150)  # 50 updates each, from the same start
+    fp32, bf16, again = algos
+    assert torch.equal(all_params(bf16), all_params(again))  # seeded bf16 runs repeat exactly
+    assert not torch.equal(all_params(fp32), all_params(bf16))
+    obs, act = torch.randn(64, 1), torch.rand(64, 1) * 2 - 1
+    with bf16._precision():
+        assert torch.is_autocast_enabled("cpu")
+        q, (mean, log_std) = bf16.critic(obs, act), bf16.actor(obs)
+    assert q.dtype == mean.dtype == log_std.dtype == torch.float32
+    q32 = bf16.critic(obs, act)
+    # bf16 hidden layers: close to the float32 forward (~0.4% per product), but not equal to it
+    assert not torch.equal(q, q32) and torch.allclose(q, q32, rtol=0.03, atol=0.03)
+    with fp32._precision():
+        assert not torch.is_autocast_enabled("cpu")
+    for a in algos:
+        a.close()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_warns_on_a_cpu_that_emulates_it(monkeypatch, native):
+    import warnings
+
+    import mbmpo.algorithm as mod
+
+    monkeypatch.setattr(mod, "cpu_bf16_native", lambda: native)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sac(update_precision="bfloat16").close()
+        sac().close()
+    slow = [str(w.message) for w in seen if "without bf16 instructions" in str(w.message)]
+    assert slow == ([] if native else [slow[0]]) and (native or "update_precision bfloat16" in slow[0])
+
+
 def test_bad_input_gives_one_clear_error():
     with pytest.raises(ConfigError, match=r"Discrete\(2\) is not supported here: a 1-D Box is needed") as err:
         SAC(SACConfig(env_id="CartPole-v1"), console=False)
@@ -266,7 +302,9 @@ def test_bad_input_gives_one_clear_error():
     for field, value, msg in [("tau", 1.5, "tau must be in"), ("utd_ratio", 0.0, "utd_ratio must be > 0"),
                               ("normalize_obs", True, "not supported by sac"),
                               ("num_critics", 1, "num_critics must be >= 2"),
-                              ("train_freq", 7, "must be a multiple of train_freq")]:
+                              ("train_freq", 7, "must be a multiple of train_freq"),
+                              ("update_precision", "float16", r"update_precision 'float16' is not allowed; "
+                                                              r"use one of \['float32', 'bfloat16'\]")]:
         with pytest.raises(ConfigError, match=msg):
             SACConfig(**{field: value}).validate()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,7 +32,7 @@ from dynamics.ensemble import DynamicsEnsemble
 from dynamics.model_env import ImaginedEnv, tasks_model_idx
 from dynamics.reward_fns import RewardFn, get_reward_fn
 from dynamics.trainer import FitConfig, fit_ensemble
-from mbmpo.algorithm import Algorithm, cpu_bf16_native, record_evaluation
+from mbmpo.algorithm import Algorithm, record_evaluation, warn_if_bf16_emulated
 from mbmpo.buffers import Rollout, TransitionDataset
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes
 from mbmpo.errors import ConfigError
@@ -98,13 +97,8 @@ class MBMPO(Algorithm):
         self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
         self.obs_rms = RunningMeanStd(self.feat_dim)
         self.generator = torch.Generator().manual_seed(c.seed)
-        slow = [n for n in ("imagined_precision", "model_fit_precision") if getattr(c, n) == "bfloat16"]
-        if slow and not cpu_bf16_native():
-            warnings.warn(f"{' and '.join(slow)} bfloat16 on a CPU without bf16 instructions "
-                          f"({torch.backends.cpu.get_cpu_capability()}): its bf16 products are emulated, "
-                          "many times slower than float32 (32x per imagined step on an AVX2 EPYC: "
-                          "benchmarks/ensemble_precision.py); use float32",
-                          stacklevel=2)
+        warn_if_bf16_emulated([n for n in ("imagined_precision", "model_fit_precision")
+                               if getattr(c, n) == "bfloat16"], self.device)
         self.mlp_baseline: MLPBaseline | None = None
         if c.baseline == "mlp":
             with torch.random.fork_rng(devices=[]):
