@@ -200,7 +200,7 @@ def returns(args: argparse.Namespace, out: Path) -> list[dict]:
     with ProcessPoolExecutor(2) as pool:  # every (seed, library) run queued at once, two at a time
         futs = [pool.submit(run_returns, lib, args.env, seed, args.eval_at, args.episodes, args.threads,
                             args.update_precision)
-                for seed in args.seeds for lib in ("sb3", "mbmpo")]
+                for seed in args.seeds for lib in args.libs]
         for f in futs:
             r = f.result()
             results.append(r)
@@ -224,14 +224,15 @@ def summarize_returns(results: list[dict], out: Path, env_id: str) -> None:
     summary = {lib: {str(s): {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
                      for i, s in enumerate(steps)
                      for v in [[r["evals"][i]["return_mean"] for r in results if r["lib"] == lib]]}
-               for lib in ("sb3", "mbmpo")}
+               for lib in dict.fromkeys(r["lib"] for r in results)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     fig, ax = plt.subplots(figsize=(6, 4))
     for lib, color in (("sb3", "tab:gray"), ("mbmpo", "tab:blue")):
         for r in (r for r in results if r["lib"] == lib):
             ax.plot([e["steps"] for e in r["evals"]], [e["return_mean"] for e in r["evals"]], color=color,
-                    marker="o", alpha=0.7, label=f"{lib} seed {r['seed']}")
+                    marker="o", alpha=0.7,
+                    label=f"{lib} ({r.get('update_precision', 'float32')}) seed {r['seed']}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (deterministic)")
     ax.set_title(f"SAC on {env_id}: ours vs SB3, same hyperparameters")
@@ -257,6 +258,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-at", type=int, nargs="+", default=[50_000, 100_000])
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--libs", nargs="+", default=["sb3", "mbmpo"], choices=["sb3", "mbmpo"],
+                    help="libraries trained for --returns (the other's figures can come from an earlier run)")
     ap.add_argument("--update-precision", default="float32", choices=["float32", "bfloat16"],
                     help="our SAC's update_precision (SB3 runs float32)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sac_vs_sb3"))

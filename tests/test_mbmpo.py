@@ -396,3 +396,16 @@ def test_bf16_options_warn_on_a_cpu_that_emulates_bf16(monkeypatch, native):
     slow = [w for w in seen if "without bf16 instructions" in str(w.message)]
     assert len(slow) == (0 if native else 1)
     assert native or "imagined_precision bfloat16" in str(slow[0].message)
+
+
+def test_evaluation_never_changes_training():
+    """The protocol evaluates every label alike (compare.py may set eval_every and
+    eval_episodes); the training run must not depend on either, adapted evaluations included."""
+    runs = [MBMPO(pm_config(**kw), console=False) for kw in
+            (dict(), dict(eval_every=60, eval_episodes=3), dict(eval_every=90, eval_episodes=6, eval_adapted=True))]
+    for r in runs:
+        r.learn(240)
+    assert all(r.num_timesteps == 240 for r in runs)
+    assert torch.equal(flat(runs[0]), flat(runs[1])) and torch.equal(flat(runs[0]), flat(runs[2]))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].ensemble.state_dict().values(),
+                                                 runs[2].ensemble.state_dict().values()))
