@@ -293,7 +293,7 @@ def cpu_bf16_native() -> bool:
 
 
 def warn_if_bf16_emulated(options: list[str], device: torch.device) -> None:
-    """Warn once when the precision ``options`` (names of settings set to bfloat16; empty: no
+    """Warn (at construction) when the precision ``options`` (names of settings set to bfloat16; empty: no
     warning) will run on a CPU whose bf16 products are emulated, many times slower than float32."""
     if options and device.type == "cpu" and not cpu_bf16_native():
         warnings.warn(f"{' and '.join(options)} bfloat16 on a CPU without bf16 instructions "
