@@ -298,7 +298,7 @@ def warn_if_bf16_emulated(options: list[str], device: torch.device) -> None:
     if options and device.type == "cpu" and not cpu_bf16_native():
         warnings.warn(f"{' and '.join(options)} bfloat16 on a CPU without bf16 instructions "
                       f"({torch.backends.cpu.get_cpu_capability()}): its bf16 products are emulated, "
-                      "many times slower than float32 (32x per imagined step on an AVX2 EPYC: "
+                      "many times slower than float32 (32x for an MB-MPO imagined step on an AVX2 EPYC: "
                       "benchmarks/ensemble_precision.py); use float32", stacklevel=3)
 
 

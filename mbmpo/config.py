@@ -116,6 +116,16 @@ def _positive(cfg: Any, *names: str) -> None:
             raise ConfigError(f"{n} must be > 0, got {v}")
 
 
+PRECISIONS = ("float32", "bfloat16")
+"""Values of the precision options (MB-MPO's imagined steps and model fits, SAC's updates)."""
+
+
+def _one_of(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
+    v = getattr(cfg, name)
+    if v not in allowed:
+        raise ConfigError(f"{name} {v!r} is not allowed; use one of {list(allowed)}")
+
+
 def _in_range(cfg: Any, name: str, lo: float, hi: float) -> None:
     v = getattr(cfg, name)
     if not (lo <= v <= hi) or math.isnan(v):

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mbmpo.algorithm import EVAL_SEED_OFFSET, Algorithm, check_finite, warn_if_bf16_emulated
 from mbmpo.buffers import TransitionDataset
-from mbmpo.config import BaseConfig, _in_range, _positive
+from mbmpo.config import PRECISIONS, BaseConfig, _in_range, _one_of, _positive
 from mbmpo.envs import GymVecEnv, check_spaces, evaluate_episodes, make_env_fn
 from mbmpo.errors import ConfigError, TrainingError
 from mbmpo.sampler import collect
@@ -111,9 +111,7 @@ class SACConfig(BaseConfig):
             raise ConfigError(f"num_steps ({self.num_steps}) must be a multiple of train_freq ({self.train_freq})")
         if self.normalize_obs or self.normalize_reward:
             raise ConfigError("normalize_obs and normalize_reward are not supported by sac; set them to false")
-        if self.update_precision not in ("float32", "bfloat16"):
-            raise ConfigError(f"update_precision {self.update_precision!r} is not allowed; "
-                              "use one of ['float32', 'bfloat16']")
+        _one_of(self, "update_precision", PRECISIONS)
 
 
 def _rescale_wrapper(low: np.ndarray, high: np.ndarray):

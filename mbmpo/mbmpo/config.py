@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamics.reward_fns import REWARD_FNS, get_reward_fn
-from mbmpo.config import BaseConfig, _positive
+from mbmpo.config import PRECISIONS, BaseConfig, _one_of, _positive
 from mbmpo.errors import ConfigError
 from mbmpo.mbmpo.extensions import (
     BUILTIN,
@@ -227,10 +227,8 @@ class MBMPOConfig(BaseConfig):
                               ("model_type", ("deterministic", "probabilistic")),
                               ("collect_with", ("adapted", "pre_update")),
                               ("baseline", ("linear", "mlp")),
-                              ("imagined_precision", ("float32", "bfloat16")),
-                              ("model_fit_precision", ("float32", "bfloat16"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} {getattr(self, name)!r} is not allowed; use one of {list(allowed)}")
+                              ("imagined_precision", PRECISIONS), ("model_fit_precision", PRECISIONS)):
+            _one_of(self, name, allowed)
         if self.normalize_reward:
             raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
         if self.device not in ("cpu", "auto"):
