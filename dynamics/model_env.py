@@ -105,20 +105,25 @@ class ImaginedEnv:
         if self.uncertainty is not None:
             ensemble.check_uncertainty(self.uncertainty)
         self.ensemble = ensemble
-        self.model_idx = model_idx.long()
+        self.device = device = next(ensemble.parameters()).device
+        # On the CPU a data-dependent branch costs nothing; on an accelerator every ``.any()``
+        # would wait for the device, so steps there run without one (see ``step``).
+        self.host_sync = device.type == "cpu"
+        self.model_idx = model_idx.long().to(device)
         self.groups = group_rows(self.model_idx)
         self.num_envs = int(model_idx.shape[0])
         self.init_fn = init_fn
         self.horizon = horizon
         self.reward_fn = reward_fn
         self.clip_obs = clip_obs
-        self.generator = generator or torch.Generator().manual_seed(0)
+        self.generator = generator or torch.Generator(device).manual_seed(0)
         self.sample = sample and ensemble.probabilistic
-        self.low = None if action_low is None else torch.as_tensor(action_low, dtype=torch.float32)
-        self.high = None if action_high is None else torch.as_tensor(action_high, dtype=torch.float32)
+        self.low = None if action_low is None else torch.as_tensor(action_low, dtype=torch.float32, device=device)
+        self.high = None if action_high is None else torch.as_tensor(action_high, dtype=torch.float32, device=device)
         self._obs: Tensor | None = None
-        self._t = torch.zeros(self.num_envs, dtype=torch.long)
-        self._ret = torch.zeros(self.num_envs, dtype=torch.float64)
+        self._t = torch.zeros(self.num_envs, dtype=torch.long, device=device)
+        self._ret = torch.zeros(self.num_envs, dtype=torch.float64, device=device)
+        self._nonfinite = torch.zeros(self.num_envs, dtype=torch.bool, device=device)  # rows, when deferred
         self.state_cost = state_cost
         self.compute_dtype = compute_dtype
         self.costs: list[tuple[str, Callable[[ImaginedStep], Tensor]]] = []
@@ -130,15 +135,16 @@ class ImaginedEnv:
         if len({k for k, _ in self.costs}) != len(self.costs):
             raise ValueError(f"cost keys must be unique, got {[k for k, _ in self.costs]}")
         # summed on the device: no host round trip per step (float64, as a Python float would)
-        self._cost_sums = {k: torch.zeros((), dtype=torch.float64) for k, _ in self.costs}
+        self._cost_sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k, _ in self.costs}
         self._cost_steps = 0
 
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
             self.generator.manual_seed(seed)
-        self._obs = self.init_fn(self.num_envs, self.generator)
+        self._obs = self.init_fn(self.num_envs, self.generator).to(self.device)
         self._t.zero_()
         self._ret.zero_()
+        self._nonfinite.zero_()
         return self._obs
 
     @torch.no_grad()
@@ -157,18 +163,18 @@ class ImaginedEnv:
             else:
                 next_obs, learned_rew = self.ensemble.predict(obs, act, self.groups, gen)
         bad = ~torch.isfinite(next_obs).all(-1)
-        if bad.any():
-            rows = torch.nonzero(bad).squeeze(-1)
-            models = sorted(set(self.model_idx[rows].tolist()))
-            raise TrainingError(f"dynamics model(s) {models} predicted NaN/inf "
-                                f"(rows {rows[:5].tolist()}, step {int(self._t.max())})")
+        if self.host_sync:
+            if bad.any():
+                self._raise_nonfinite(bad, f", step {int(self._t.max())}")
+        else:
+            self._nonfinite |= bad
         next_obs = next_obs.clamp(-self.clip_obs, self.clip_obs)
         if self.reward_fn is not None:
             rew = self.reward_fn.reward(obs, act, next_obs)
             term = self.reward_fn.termination(next_obs)
         else:
             rew = learned_rew
-            term = torch.zeros(self.num_envs, dtype=torch.bool)
+            term = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if self.costs:
             step = ImaginedStep(obs, act, next_obs, rew, None if u is None else u.to(rew))
             for key, fn in self.costs:
@@ -182,7 +188,14 @@ class ImaginedEnv:
         done = term | trunc
         episode = {"mask": done, "r": self._ret.clone(), "l": self._t.clone()}
         new_obs = next_obs
-        if done.any():
+        if not self.host_sync:
+            # every row gets a fresh start drawn and the finished ones take it: more draws than
+            # the branch below, but no wait for the device
+            fresh = self.init_fn(self.num_envs, self.generator).to(next_obs)
+            new_obs = torch.where(done.unsqueeze(-1), fresh, next_obs)
+            self._t.masked_fill_(done, 0)
+            self._ret.masked_fill_(done, 0.0)
+        elif done.any():
             rows = torch.nonzero(done).squeeze(-1)
             new_obs = next_obs.clone()
             new_obs[rows] = self.init_fn(len(rows), self.generator).to(next_obs)
@@ -190,6 +203,17 @@ class ImaginedEnv:
             self._ret[rows] = 0.0
         self._obs = new_obs
         return new_obs, rew.float(), term, trunc, {"final_obs": next_obs, "episode": episode}
+
+    def _raise_nonfinite(self, bad: Tensor, where: str = "") -> None:
+        rows = torch.nonzero(bad).squeeze(-1)
+        models = sorted(set(self.model_idx[rows].tolist()))
+        raise TrainingError(f"dynamics model(s) {models} predicted NaN/inf (rows {rows[:5].tolist()}{where})")
+
+    def check_rollout(self) -> None:
+        """Raise the NaN/inf error that steps on an accelerator defer (one host round trip per
+        rollout instead of one per step); :func:`mbmpo.sampler.collect` calls it at the end."""
+        if not self.host_sync and bool(self._nonfinite.any()):
+            self._raise_nonfinite(self._nonfinite)
 
     @property
     def cost_keys(self) -> list[str]:

@@ -156,7 +156,7 @@ def fit_ensemble(
         if cfg.epoch_rows > 0:
             order = [o[: cfg.epoch_rows] for o in order]
         num_batches = math.ceil(max(len(o) for o in order) / cfg.batch_size)
-        sums = torch.zeros(num_models, dtype=torch.float64)
+        sums = torch.zeros(num_models, dtype=torch.float64, device=x.device)  # read once per epoch
         for b in range(num_batches):
             losses, weights, ks = [], [], []
             with ensemble.compute_dtype(cfg.precision):
@@ -173,7 +173,7 @@ def fit_ensemble(
             torch.autograd.backward(losses)
             opt.step()
             with torch.no_grad():
-                sums[ks] += torch.stack(losses).double().cpu() * torch.tensor(weights, dtype=torch.float64)
+                sums[ks] += torch.stack(losses).double() * torch.tensor(weights, dtype=torch.float64, device=x.device)
         row = [math.nan] * num_models
         with torch.no_grad():
             for k in range(num_models):

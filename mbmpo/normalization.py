@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,16 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self._n = 0.0  # ``count`` on the host: reading it never waits for an accelerator
+
+    @property
+    def num_samples(self) -> float:
+        """The number of samples absorbed (``count``, read without a device round trip)."""
+        return self._n
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._n = float(self.count)
 
     @property
     def std(self) -> Tensor:
@@ -51,12 +62,13 @@ class RunningMeanStd(nn.Module):
 
     def _merge(self, mean: Tensor, var: Tensor, count: float) -> None:
         # Chan et al. parallel update; with self.count == 0 it reduces to (mean, var).
-        total = self.count.item() + count
+        total = self._n + count
         w = count / total  # weight of the new sample
         delta = mean - self.mean
         self.var.mul_(1.0 - w).add_(var, alpha=w).add_(delta * delta, alpha=w * (1.0 - w))
         self.mean.add_(delta, alpha=w)
         self.count.fill_(total)
+        self._n = total
 
     def merge(self, other: RunningMeanStd) -> None:
         """Fold another instance's statistics into this one (in place)."""
@@ -66,6 +78,7 @@ class RunningMeanStd(nn.Module):
         self.mean.zero_()
         self.var.fill_(1.0)
         self.count.zero_()
+        self._n = 0.0
 
     def normalize(self, x: Tensor, clip: float | None = None) -> Tensor:
         """``(x - mean) / std``, optionally clipped to ``[-clip, clip]``; keeps ``x.dtype``."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,8 +49,7 @@ def collect(
     # Python lists + one stack at the end: cheaper per step than indexed writes.
     obs_l, next_l, act_l, rew_l, term_l, trunc_l, ts_l = [], [], [], [], [], [], []
     ext_l: dict[str, list[Tensor]] = {}
-    ep_returns: list[float] = []
-    ep_lengths: list[int] = []
+    ep_l: list[dict[str, Tensor]] = []  # read once at the end: no host round trip per step
     for _ in range(num_steps):
         act, ext = policy_fn(obs)
         obs_l.append(obs)
@@ -65,12 +66,32 @@ def collect(
         if on_step is not None:
             on_step(done)
         ep = info.get("episode")
-        if ep is not None and ep["mask"].any():
-            mask = ep["mask"]
-            ep_returns += [float(x) for x in ep["r"][mask]]
-            ep_lengths += [int(x) for x in ep["l"][mask]]
+        if ep is not None:
+            ep_l.append(ep)
         t_in_ep = torch.where(done, 0, t_in_ep + 1)
+    check = getattr(env, "check_rollout", None)  # errors an env defers to the end of a rollout
+    if check is not None:
+        check()
+    ep_returns, ep_lengths = finished_episodes(ep_l)
     st = torch.stack
     return Rollout(st(obs_l), st(act_l), st(rew_l), st(term_l), st(trunc_l), st(next_l), st(ts_l),
                    {k: st(v) for k, v in ext_l.items()}, ep_returns, ep_lengths,
                    last_obs=obs, last_timesteps=t_in_ep)
+
+
+def finished_episodes(infos: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """Returns and lengths of the episodes that ended, in step order, then env order.
+
+    ``infos`` are the per-step ``info["episode"]`` dicts of a rollout: ``mask [N]`` (bool),
+    ``r [N]``, ``l [N]``, as numpy arrays (real envs) or tensors on any device (imagined envs,
+    read here once instead of once per step).
+    """
+    if not infos:
+        return [], []
+    if isinstance(infos[0]["mask"], Tensor):
+        mask = torch.stack([e["mask"] for e in infos])
+        return (torch.stack([e["r"] for e in infos])[mask].double().tolist(),
+                torch.stack([e["l"] for e in infos])[mask].long().tolist())
+    mask = np.stack([e["mask"] for e in infos])
+    return (np.stack([e["r"] for e in infos])[mask].astype(np.float64).tolist(),
+            np.stack([e["l"] for e in infos])[mask].astype(np.int64).tolist())

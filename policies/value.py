@@ -34,15 +34,15 @@ def minibatch_pass(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, 
     order of the ``[B, ...]`` rows; returns the mean loss per row."""
     n = x.shape[0]
     perm = torch.randperm(n, generator=generator)
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)  # read once, not per minibatch
     for i in range(0, n, batch_size):
         idx = perm[i : i + batch_size]
         loss = loss_fn(net(x[idx]), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(idx)
-    return loss_sum / max(n, 1)
+        loss_sum += loss.detach().double() * len(idx)
+    return float(loss_sum) / max(n, 1)
 
 
 def spd_solve(a: Tensor, b: Tensor) -> Tensor | None:

@@ -334,7 +334,7 @@ def test_focused_starts_come_from_the_largest_reward_drops(tmp_path):
     (dict(outer="adam"), "outer 'adam' is not allowed"),
     (dict(inner_kl_coef=-1.0), "inner_kl_coef must be >= 0 and inner_kl_target > 0, got -1.0"),
     (dict(min_std=-0.1), r"min_std must be a finite number >= 0 \(0 = no floor\), got -0.1"),
-    (dict(device="cuda"), r"device 'cuda' is not supported by mbmpo: its loop runs on the CPU \(a GPU path is not built yet\); use 'cpu'"),
+    (dict(device="tpu"), r"device 'tpu' is not allowed; use cpu, cuda\[:N\] or auto"),
     (dict(model_epoch_rows=-5), r"model_epoch_rows must be >= 0 \(0 = every training row\), got -5"),
     (dict(model_split="bootstrap"), r"model_split 'bootstrap' is not allowed; use one of \['resample', 'persistent'\]"),
     (dict(model_penalty=-0.5), r"uncertainty_penalty.coef must be a finite number >= 0 \(0 = off\), got -0.5"),

@@ -73,7 +73,6 @@ class MBMPO(Algorithm):
     def __init__(self, config: MBMPOConfig, out_dir: str | Path | None = None, console: bool = True,
                  plugins: Sequence[Plugin] = ()):
         super().__init__(config, out_dir, console)
-        self.device = torch.device("cpu")  # 'auto' too: the loop is CPU-only (config.validate)
         c = config
         self.reward_fn: RewardFn | None = None if c.learned_reward else get_reward_fn(c.env_id)
         env_kwargs = dict(c.env_kwargs)
@@ -92,18 +91,24 @@ class MBMPO(Algorithm):
         self.feat_dim = self.obs_dim - self.num_position_dims
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
-            self.policy = self.build_policy()
-            self.ensemble = self.build_ensemble()
+            self.policy = self.build_policy().to(self.device)
+            self.ensemble = self.build_ensemble().to(self.device)
         self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
-        self.obs_rms = RunningMeanStd(self.feat_dim)
+        self.obs_rms = RunningMeanStd(self.feat_dim).to(self.device)
+        # Real envs and the data set live on the host, models and imagined MDPs on self.device.
+        # ``generator`` draws on the host (data splits, warm-up actions, minibatch orders),
+        # ``device_generator`` on the device (actions, model noise, imagined start states);
+        # on the CPU they are one generator.
         self.generator = torch.Generator().manual_seed(c.seed)
+        self.device_generator = (self.generator if self.device.type == "cpu"
+                                 else torch.Generator(self.device).manual_seed(c.seed))
         warn_if_bf16_emulated([n for n in ("imagined_precision", "model_fit_precision")
                                if getattr(c, n) == "bfloat16"], self.device)
         self.mlp_baseline: MLPBaseline | None = None
         if c.baseline == "mlp":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(c.seed + 1)
-                net = MLPValue(self.feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init)
+                net = MLPValue(self.feat_dim + 1, c.value_hidden_sizes, c.activation, c.ortho_init).to(self.device)
             self.mlp_baseline = MLPBaseline(net, c.imagined_horizon, c.baseline_epochs, self.generator)
         self.plugins: list[Plugin] = build_plugins(c) + list(plugins)
         names = [p.name for p in self.plugins]
@@ -121,7 +126,7 @@ class MBMPO(Algorithm):
         self.dataset = TransitionDataset(self.obs_dim, self.act_dim, c.dataset_capacity,
                                          num_keys=c.num_models if c.model_split == "persistent" else 0,
                                          columns=columns)
-        self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64)
+        self.init_states = torch.zeros(0, self.obs_dim, dtype=torch.float64, device=self.device)
         self.fit_config = FitConfig(
             learning_rate=c.model_learning_rate, batch_size=c.model_batch_size,
             max_epochs=c.model_max_epochs, epoch_rows=c.model_epoch_rows, val_fraction=c.model_val_fraction,
@@ -134,7 +139,7 @@ class MBMPO(Algorithm):
         self._obs: Tensor | None = None
         self._ts: Tensor | None = None
         self._bar: Any = None
-        self._data: dict[str, Tensor] | None = None  # the data set's arrays while it does not change
+        self._data: dict[str, Tensor] | None = None  # the data set's arrays (on the device) while it does not change
 
     def plugin(self, name: str) -> Plugin:
         """The enabled plug-in called ``name`` (KeyError when none is)."""
@@ -173,9 +178,10 @@ class MBMPO(Algorithm):
 
     # ----- acting -------------------------------------------------------------------------
     def features(self, obs: Tensor) -> Tensor:
-        """Full observation ``[..., obs_dim]`` -> policy input ``[..., feat_dim]`` (float32)."""
-        f = obs[..., self.num_position_dims :]
-        if self.config.normalize_obs and self.obs_rms.count.item() > 0:
+        """Full observation ``[..., obs_dim]`` (any device) -> policy input ``[..., feat_dim]``
+        (float32, on ``self.device``)."""
+        f = obs[..., self.num_position_dims :].to(self.device)
+        if self.config.normalize_obs and self.obs_rms.num_samples > 0:
             f = self.obs_rms.normalize(f, self.config.clip_obs)
         return f.float()
 
@@ -191,20 +197,23 @@ class MBMPO(Algorithm):
                              f"= {self.env_kwargs}")
         single = x.dim() == 1
         dist = self.policy(self.features(x.unsqueeze(0) if single else x))
-        act = dist.mode() if deterministic else dist.sample(self.generator)
-        a = np.clip(act.numpy(), self.action_space.low, self.action_space.high)
+        act = dist.mode() if deterministic else dist.sample(self.device_generator)
+        a = np.clip(act.cpu().numpy(), self.action_space.low, self.action_space.high)
         return a[0] if single else a
 
     def pre_policy_fn(self, obs: Tensor):
-        """Sampling policy function of theta (for :func:`~mbmpo.sampler.collect`)."""
+        """Sampling policy function of theta (for :func:`~mbmpo.sampler.collect`); actions and
+        log-probs come back on the device of ``obs`` (the host for real envs)."""
         dist = self.policy(self.features(obs))
-        act = dist.sample(self.generator)
-        return act, {"log_prob": dist.log_prob(act)}
+        act = dist.sample(self.device_generator)
+        return act.to(obs.device), {"log_prob": dist.log_prob(act).to(obs.device)}
 
     def adapted_policy_fn(self, stacked: dict[str, Tensor], row_task: Tensor | None = None):
         """Row i acts with task ``row_task[i]``'s parameters; ``None`` means rows are split into
         equal contiguous blocks per task (imagined rollouts), which avoids a per-row gather."""
         num_tasks = next(iter(stacked.values())).shape[0]
+        if row_task is not None:
+            row_task = row_task.to(self.device)
 
         def fn(obs: Tensor):
             f = self.features(obs)
@@ -213,8 +222,8 @@ class MBMPO(Algorithm):
                 dist = type(d)(*(t.reshape(-1, t.shape[-1]) for t in d))
             else:
                 dist = forward_per_row(self.policy, stacked, row_task, f)
-            act = dist.sample(self.generator)
-            return act, {"log_prob": dist.log_prob(act)}
+            act = dist.sample(self.device_generator)
+            return act.to(obs.device), {"log_prob": dist.log_prob(act).to(obs.device)}
 
         return fn
 
@@ -268,13 +277,13 @@ class MBMPO(Algorithm):
         columns.update({name: v for p in self.plugins for name, v in p.label_real(roll).items()})
         self.dataset.add(roll.obs, applied, roll.next_obs, roll.rewards, roll.terminated, self.generator,
                          columns=columns)
-        starts = roll.obs[roll.timesteps == 0]
+        starts = roll.obs[roll.timesteps == 0].to(self.device)
         self.init_states = torch.cat([self.init_states, starts])[-10_000:]
         return roll
 
     def fit_models(self) -> dict[str, float]:
         """Fit the K models on the real data set, refresh the input statistics, then the plug-ins."""
-        data = self._data = self.dataset.arrays()
+        data = self._data = self.device_data()
         val_mask = data["keys"] < self.config.model_val_fraction if "keys" in data else None
         res = fit_ensemble(self.ensemble, data["obs"], data["act"], data["next_obs"],
                            data["reward"] if self.config.learned_reward else None,
@@ -287,17 +296,23 @@ class MBMPO(Algorithm):
             stats.update(p.fit_real(data))
         return stats
 
+    def device_data(self) -> dict[str, Tensor]:
+        """The real data set's arrays (:meth:`TransitionDataset.arrays`) on ``self.device``: one
+        copy per model fit, which the fit, the plug-ins and the imagined starts share."""
+        return {k: v.to(self.device) for k, v in self.dataset.arrays().items()}
+
     # ----- Algorithm 1: meta-steps in the imagined MDPs --------------------------------------
     def init_states_fn(self, n: int, gen: torch.Generator) -> Tensor:
-        """``n`` imagined start states: real initial states, or real visited states (plug-ins
-        may replace some of the drawn rows)."""
+        """``n`` imagined start states (on ``gen``'s device): real initial states, or real
+        visited states (plug-ins may replace some of the drawn rows)."""
         if self.config.imagined_init == "reset" and len(self.init_states) > 0:
-            return self.init_states[torch.randint(len(self.init_states), (n,), generator=gen)].clone()
-        data = self._data if self._data is not None else self.dataset.arrays()
-        idx = torch.randint(len(data["obs"]), (n,), generator=gen)
+            idx = torch.randint(len(self.init_states), (n,), generator=gen, device=gen.device)
+            return self.init_states[idx]
+        data = self._data if self._data is not None else self.device_data()
+        idx = torch.randint(len(data["obs"]), (n,), generator=gen, device=gen.device)
         for p in self.plugins:
             idx = p.start_rows(idx, data, gen)
-        return data["obs"][idx].clone()
+        return data["obs"][idx]
 
     def imagined_env(self) -> ImaginedEnv:
         """The K x tasks_per_model imagined MDPs, ``rollouts_per_task`` rows each."""
@@ -306,7 +321,7 @@ class MBMPO(Algorithm):
         costs = [(p.cost_key or p.name, p.reward_cost) for p in self.plugins if p.has_reward_cost]
         return ImaginedEnv(self.ensemble, idx, self.init_states_fn, c.imagined_horizon, self.reward_fn,
                            self.action_space.low, self.action_space.high, c.imagined_clip_obs,
-                           self.generator, sample=c.model_sample, costs=costs, cost_uncertainty=self.uncertainty,
+                           self.device_generator, sample=c.model_sample, costs=costs, cost_uncertainty=self.uncertainty,
                            compute_dtype=getattr(torch, c.imagined_precision))
 
     def task_batch(self, roll: Rollout) -> TaskBatch:
@@ -358,7 +373,7 @@ class MBMPO(Algorithm):
             return self.adapt(batch, create_graph=True)
 
         if c.outer == "trpo":
-            stats = outer_trpo(self.policy, self.outer_params(), adapt_through, pre, post, c, self.generator)
+            stats = outer_trpo(self.policy, self.outer_params(), adapt_through, pre, post, c, self.device_generator)
         else:
             assert self.outer_optimizer is not None
             stats, self.inner_kl_coef = outer_ppo(self.policy, self.outer_optimizer, adapt_through, pre, post, c,
@@ -434,7 +449,7 @@ class MBMPO(Algorithm):
         """Full real episodes (not training samples) of the pre-update policy, or of the
         adapted policies (episode i uses a task of model i % K: every model is covered)."""
         env = self.eval_env(num_episodes, env_kwargs=self.env_kwargs, dtype=torch.float64)
-        row_task = self.spread_tasks(num_episodes)
+        row_task = self.spread_tasks(num_episodes).to(self.device)
 
         def act(obs: Tensor) -> Tensor:
             f = self.features(obs)
@@ -442,7 +457,7 @@ class MBMPO(Algorithm):
                 d = forward_per_row(self.policy, self.collect_params, row_task, f)
             else:
                 d = self.policy(f)
-            return d.mode() if deterministic else d.sample(self.generator)
+            return d.mode() if deterministic else d.sample(self.device_generator)
 
         return evaluate_episodes(env, act, seed=self.eval_seed())
 

@@ -29,6 +29,8 @@ class RunParts(Protocol):
     mlp_baseline: Any
     plugins: Sequence[Plugin]
     generator: torch.Generator
+    device_generator: torch.Generator
+    device: torch.device
 
     def counters(self) -> dict[str, Any]: ...
 
@@ -53,6 +55,9 @@ def run_state(algo: RunParts) -> dict[str, Any]:
         "value_optimizer": mlp.optimizer.state_dict() if mlp is not None else {},
         "plugins": {p.name: p.state_dict() for p in algo.plugins},
         "generator": algo.generator.get_state(),
+        # a generator of its own only off the CPU; its state is a host tensor either way
+        "device_generator": (algo.device_generator.get_state()
+                             if algo.device_generator is not algo.generator else torch.zeros(0, dtype=torch.uint8)),
         "counters": algo.counters(),
     }
 
@@ -78,6 +83,9 @@ def load_run_state(algo: RunParts, state: dict[str, Any]) -> None:
             raise KeyError(f"plug-in {p.name!r} has no state in the checkpoint")
         p.load_state_dict(saved[p.name])
     algo.generator.set_state(state["generator"])
+    dev_state = state.get("device_generator")
+    if algo.device_generator is not algo.generator and dev_state is not None and dev_state.numel() > 0:
+        algo.device_generator.set_state(dev_state)  # else (a checkpoint of a CPU run): stays freshly seeded
     algo.inner_kl_coef = float(state.get("inner_kl_coef", algo.config.inner_kl_coef))
-    algo.init_states = state["init_states"]
-    algo.collect_params = dict(state["collect_params"]) or None
+    algo.init_states = state["init_states"].to(algo.device)
+    algo.collect_params = {n: v.to(algo.device) for n, v in state["collect_params"].items()} or None

@@ -231,9 +231,6 @@ class MBMPOConfig(BaseConfig):
             _one_of(self, name, allowed)
         if self.normalize_reward:
             raise ConfigError("normalize_reward is not supported by MB-MPO (set it to false)")
-        if self.device not in ("cpu", "auto"):
-            raise ConfigError(f"device {self.device!r} is not supported by mbmpo: its loop runs on the CPU "
-                              "(a GPU path is not built yet); use 'cpu'")
         for name in BUILTIN:
             getattr(self, name).validate(self)
         if not (self.min_std >= 0 and math.isfinite(self.min_std)):

@@ -46,7 +46,7 @@ class TaskBatch:
     def subsample(self, frac: float, generator: torch.Generator) -> TaskBatch:
         """The same random fraction of every task's samples (for cheaper Fisher products)."""
         b = self.obs.shape[1]
-        idx = torch.randperm(b, generator=generator)[: max(1, int(b * frac))]
+        idx = torch.randperm(b, generator=generator, device=generator.device)[: max(1, int(b * frac))]
         dist = None if self.dist is None else type(self.dist)(*(t[:, idx] for t in self.dist))
         return TaskBatch(self.obs[:, idx], self.act[:, idx], self.log_prob[:, idx], self.adv[:, idx],
                          dist, self.mean_return)
@@ -105,7 +105,7 @@ def linear_values(num_tasks: int, rollouts_per_task: int) -> ValuesFn:
         next_v = torch.empty_like(rets)
         for t in range(num_tasks):
             cols = slice(t * r, (t + 1) * r)
-            base = LinearFeatureBaseline(feats.shape[-1])
+            base = LinearFeatureBaseline(feats.shape[-1]).to(feats.device)
             base.fit(feats[:, cols].reshape(-1, feats.shape[-1]).double(), ts[:, cols].reshape(-1),
                      rets[:, cols].reshape(-1))
             v[:, cols] = base(feats[:, cols].double(), ts[:, cols])

@@ -12,7 +12,10 @@ The core calls every enabled plug-in, in order, at these points of an iteration:
     checkpoint       -> state_dict() / load_state_dict(state)
 
 Every method is optional: the base class does nothing. A plug-in that draws random numbers
-uses ``algo.generator`` (the run's generator), so seeded runs stay reproducible.
+uses the run's generators (``algo.generator`` on the host, ``algo.device_generator`` or the one
+it is handed on ``algo.device``), so seeded runs stay reproducible. Networks live on
+``algo.device``; the real data set a plug-in is handed (``fit_real``, ``start_rows``) is there
+too, real rollouts (``label_real``) are on the host.
 """
 
 from __future__ import annotations
@@ -98,11 +101,11 @@ class Plugin:
 
 
 def seeded_value_net(algo: Any, seed_offset: int, in_dim: int):
-    """An MLP of the run's ``value_hidden_sizes`` built under ``seed + seed_offset`` (so a
-    plug-in's initial weights do not depend on which other plug-ins are enabled)."""
+    """An MLP of the run's ``value_hidden_sizes`` on the run's device, built under ``seed +
+    seed_offset`` (so a plug-in's initial weights do not depend on which other plug-ins are enabled)."""
     from policies import MLPValue
 
     c = algo.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed + seed_offset)
-        return MLPValue(in_dim, c.value_hidden_sizes, c.activation, c.ortho_init)
+        return MLPValue(in_dim, c.value_hidden_sizes, c.activation, c.ortho_init).to(algo.device)

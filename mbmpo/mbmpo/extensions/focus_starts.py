@@ -56,6 +56,13 @@ class FocusStarts(Plugin):
 
     def __init__(self, config: FocusStartsConfig):
         self.config = config
+        self._rows: tuple[Tensor, Tensor] | None = None  # (priority column, its focus rows)
+
+    def _focus_rows(self, priority: Tensor) -> Tensor:
+        # once per data set, not per draw: the boolean mask in focus_rows waits for the device
+        if self._rows is None or self._rows[0] is not priority:
+            self._rows = (priority, focus_rows(priority, self.config.quantile))
+        return self._rows[1]
 
     def dataset_columns(self) -> dict[str, float]:
         return {"priority": 0.0}
@@ -64,7 +71,7 @@ class FocusStarts(Plugin):
         return {"priority": reward_drop(rollout.rewards, rollout.dones, rollout.timesteps, self.config.window)}
 
     def fit_real(self, data: dict[str, Tensor]) -> dict[str, float]:
-        rows = focus_rows(data["priority"], self.config.quantile)
+        rows = self._focus_rows(data["priority"])
         return {"imagined/focus_rows": len(rows),
                 "imagined/focus_min_drop": float(data["priority"][rows].min()) if len(rows) else 0.0}
 
@@ -72,9 +79,10 @@ class FocusStarts(Plugin):
         n = len(idx)
         m = round(self.config.fraction * n)
         if m > 0:
-            rows = focus_rows(data["priority"], self.config.quantile)
+            rows = self._focus_rows(data["priority"])
             if len(rows) > 0:
                 # spread over the batch: rows are split into contiguous blocks per task and model
-                where = torch.randperm(n, generator=generator)[:m]
-                idx[where] = rows[torch.randint(len(rows), (m,), generator=generator)]
+                dev = generator.device
+                where = torch.randperm(n, generator=generator, device=dev)[:m]
+                idx[where] = rows[torch.randint(len(rows), (m,), generator=generator, device=dev)]
         return idx

@@ -93,9 +93,10 @@ class UncertaintyPenalty(Plugin):
     def _measure_u_ref(self, obs: Tensor, act: Tensor) -> None:
         """``u_ref`` <- the ``ref_quantile`` of the models' ``u`` on real ``obs [B, obs_dim]``, ``act [B, act_dim]``."""
         c = self.config
-        model_idx = torch.zeros(len(obs), dtype=torch.long)
+        dev = self.algo.device
+        model_idx = torch.zeros(len(obs), dtype=torch.long, device=dev)
         with torch.no_grad():
-            u = self.algo.ensemble.predict_with_uncertainty(obs.to(torch.float32), act.to(torch.float32),
+            u = self.algo.ensemble.predict_with_uncertainty(obs.to(dev, torch.float32), act.to(dev, torch.float32),
                                                             model_idx, c.uncertainty)[2].double()
         # the floor keeps identical models from dividing by zero
         self.u_ref = max(float(torch.quantile(u, c.ref_quantile)), 1e-8)
