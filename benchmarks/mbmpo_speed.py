@@ -14,6 +14,8 @@ same threads, one after the other) and its ``progress.csv`` is split into phases
 
     python benchmarks/mbmpo_speed.py --old 8ccd224 --steps 12000 --threads 2
     python benchmarks/mbmpo_speed.py --profile      # torch profiler, top ops per phase (today's code)
+    python benchmarks/mbmpo_speed.py --old '' --device cuda   # per-phase times on a GPU (timers do not
+                                                    # synchronize it: time may move between phases)
     python benchmarks/mbmpo_speed.py --old '' --steps 40000 --variant 'fit20k=--model-epoch-rows 20000'
                                                     # today's code beside itself with one change
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "scripts/configs/halfcheetah_mbmpo.yaml"
+GPU_PATH_COMMIT = "51ff60e"  # the first commit whose MB-MPO runs on a GPU
 PHASES = ["real sampling", "model fit", "imagined sampling", "inner step", "outer step", "plug-in fits",
           "collect params", "evaluation+other"]
 
@@ -125,6 +128,16 @@ def main() -> int:
                    help="also run today's code with these train.py flags, e.g. "
                         "'fit20k=--model-epoch-rows 20000' (repeatable: one change measured on its own)")
     args = p.parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device}: CUDA is not available on this machine")
+    gpu_path = ["git", "merge-base", "--is-ancestor", GPU_PATH_COMMIT, args.old]
+    if (args.device != "cpu" and args.old and not args.profile
+            and subprocess.run(gpu_path, cwd=ROOT, capture_output=True).returncode != 0):
+        p.error(f"--device {args.device}: commit {args.old} runs MB-MPO on the CPU only (the GPU path came "
+                f"with {GPU_PATH_COMMIT}); use --old '' (today's code alone) or a later commit")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile:

@@ -110,7 +110,8 @@ class ImaginedEnv:
         # would wait for the device, so steps there run without one (see ``step``).
         self.host_sync = device.type == "cpu"
         self.model_idx = model_idx.long().to(device)
-        self.groups = group_rows(self.model_idx)
+        # grouped on the host: torch.unique would wait for the device
+        self.groups = [(k, rows.to(device)) for k, rows in group_rows(model_idx.long().cpu())]
         self.num_envs = int(model_idx.shape[0])
         self.init_fn = init_fn
         self.horizon = horizon

@@ -280,6 +280,7 @@ def environment_info() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_native(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "packages": packages, "git": git_describe()}
 
 
