@@ -8,6 +8,14 @@ renamed since the reference are mapped by ``RENAMED``. Exit status 1 on any diff
     python benchmarks/behaviour_identity.py                      # check today's code
     python benchmarks/behaviour_identity.py --src /tmp/old --write-reference   # record a reference
         (``--src``: a checkout of another commit, e.g. ``git worktree add /tmp/old <commit>``)
+
+A reference is exact only on the kind of CPU it was recorded on: matrix products round
+differently with other instruction sets (the committed reference, from an AMD EPYC, differs
+from every commit's runs on an Intel Xeon with AMX in the same cells). On another machine,
+record the parent commit's reference there first and check against it::
+
+    python benchmarks/behaviour_identity.py --src /tmp/parent --write-reference --results DIR
+    python benchmarks/behaviour_identity.py --src /tmp/change --results DIR
 """
 
 from __future__ import annotations
