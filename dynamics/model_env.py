@@ -46,6 +46,12 @@ class ImaginedEnv:
     unchanged. Rewards and terminations come from ``reward_fn`` (or the ensemble's reward
     head when ``reward_fn`` is None); episodes are truncated at ``horizon``.
 
+    The env lives on the ensemble's device. With ``host_sync`` (True on the CPU) a step may
+    read device values: it restarts only the rows that finished and raises on a NaN/inf
+    prediction at once. Without it (an accelerator) a step never waits for the device: every
+    row gets a fresh start drawn and the finished rows take theirs (``torch.where``), and the
+    NaN/inf error waits for :meth:`check_rollout` at the end of the rollout.
+
     Args:
         ensemble: the dynamics models.
         model_idx: ``[N]`` long tensor, the model of each row.
