@@ -158,15 +158,15 @@ class TransitionDataset:
         self.ptr = (self.ptr + b) % self.capacity
         self.size = min(self.capacity, self.size + b)
 
-    def arrays(self) -> dict[str, Tensor]:
-        """The stored rows, oldest first."""
+    def arrays(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """The stored rows, oldest first (copied to ``device`` when given)."""
         idx = (self.ptr - self.size + torch.arange(self.size)) % self.capacity
         out = {"obs": self.obs[idx], "act": self.act[idx], "next_obs": self.next_obs[idx],
                "reward": self.reward[idx], "terminated": self.terminated[idx]}
         if self.keys is not None:
             out["keys"] = self.keys[idx]
         out.update({name: store[idx] for name, store in self.columns.items()})
-        return out
+        return out if device is None else {k: v.to(device) for k, v in out.items()}
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``batch_size`` rows drawn uniformly with replacement (``obs [B, obs_dim]``,

@@ -165,7 +165,7 @@ def test_run_places_the_loop_on_its_device_and_resumes(tmp_path, device):
 @cuda
 def test_cuda_imagined_rollout_never_waits_for_the_gpu_mid_rollout():
     algo = trained_pm(device="cuda")
-    algo._data = algo.device_data()  # as during the meta-steps: one copy per model fit
+    algo._data = algo.dataset.arrays(algo.device)  # as during the meta-steps: one copy per model fit
     env = algo.imagined_env()
     obs = env.reset()
     torch.cuda.synchronize()

@@ -95,10 +95,8 @@ class MBMPO(Algorithm):
             self.ensemble = self.build_ensemble().to(self.device)
         self.inner_lr: float | dict[str, Tensor] = self.initial_inner_lr()
         self.obs_rms = RunningMeanStd(self.feat_dim).to(self.device)
-        # Real envs and the data set live on the host, models and imagined MDPs on self.device.
-        # ``generator`` draws on the host (data splits, warm-up actions, minibatch orders),
-        # ``device_generator`` on the device (actions, model noise, imagined start states);
-        # on the CPU they are one generator.
+        # real envs and data set on the host, the rest on self.device; draws there use
+        # device_generator (on the CPU, the run's one generator)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.device_generator = (self.generator if self.device.type == "cpu"
                                  else torch.Generator(self.device).manual_seed(c.seed))
@@ -202,8 +200,7 @@ class MBMPO(Algorithm):
         return a[0] if single else a
 
     def pre_policy_fn(self, obs: Tensor):
-        """Sampling policy function of theta (for :func:`~mbmpo.sampler.collect`); actions and
-        log-probs come back on the device of ``obs`` (the host for real envs)."""
+        """Sampling policy function of theta (:func:`~mbmpo.sampler.collect`); answers on ``obs``'s device."""
         dist = self.policy(self.features(obs))
         act = dist.sample(self.device_generator)
         return act.to(obs.device), {"log_prob": dist.log_prob(act).to(obs.device)}
@@ -212,8 +209,7 @@ class MBMPO(Algorithm):
         """Row i acts with task ``row_task[i]``'s parameters; ``None`` means rows are split into
         equal contiguous blocks per task (imagined rollouts), which avoids a per-row gather."""
         num_tasks = next(iter(stacked.values())).shape[0]
-        if row_task is not None:
-            row_task = row_task.to(self.device)
+        row_task = None if row_task is None else row_task.to(self.device)
 
         def fn(obs: Tensor):
             f = self.features(obs)
@@ -283,7 +279,7 @@ class MBMPO(Algorithm):
 
     def fit_models(self) -> dict[str, float]:
         """Fit the K models on the real data set, refresh the input statistics, then the plug-ins."""
-        data = self._data = self.device_data()
+        data = self._data = self.dataset.arrays(self.device)  # one copy per fit, shared until new data
         val_mask = data["keys"] < self.config.model_val_fraction if "keys" in data else None
         res = fit_ensemble(self.ensemble, data["obs"], data["act"], data["next_obs"],
                            data["reward"] if self.config.learned_reward else None,
@@ -296,11 +292,6 @@ class MBMPO(Algorithm):
             stats.update(p.fit_real(data))
         return stats
 
-    def device_data(self) -> dict[str, Tensor]:
-        """The real data set's arrays (:meth:`TransitionDataset.arrays`) on ``self.device``: one
-        copy per model fit, which the fit, the plug-ins and the imagined starts share."""
-        return {k: v.to(self.device) for k, v in self.dataset.arrays().items()}
-
     # ----- Algorithm 1: meta-steps in the imagined MDPs --------------------------------------
     def init_states_fn(self, n: int, gen: torch.Generator) -> Tensor:
         """``n`` imagined start states (on ``gen``'s device): real initial states, or real
@@ -308,7 +299,7 @@ class MBMPO(Algorithm):
         if self.config.imagined_init == "reset" and len(self.init_states) > 0:
             idx = torch.randint(len(self.init_states), (n,), generator=gen, device=gen.device)
             return self.init_states[idx]
-        data = self._data if self._data is not None else self.device_data()
+        data = self._data if self._data is not None else self.dataset.arrays(self.device)
         idx = torch.randint(len(data["obs"]), (n,), generator=gen, device=gen.device)
         for p in self.plugins:
             idx = p.start_rows(idx, data, gen)
