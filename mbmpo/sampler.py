@@ -88,10 +88,7 @@ def finished_episodes(infos: list[dict[str, Any]]) -> tuple[list[float], list[in
     """
     if not infos:
         return [], []
-    if isinstance(infos[0]["mask"], Tensor):
-        mask = torch.stack([e["mask"] for e in infos])
-        return (torch.stack([e["r"] for e in infos])[mask].double().tolist(),
-                torch.stack([e["l"] for e in infos])[mask].long().tolist())
-    mask = np.stack([e["mask"] for e in infos])
-    return (np.stack([e["r"] for e in infos])[mask].astype(np.float64).tolist(),
-            np.stack([e["l"] for e in infos])[mask].astype(np.int64).tolist())
+    stack = torch.stack if isinstance(infos[0]["mask"], Tensor) else np.stack
+    mask = stack([e["mask"] for e in infos])
+    returns, lengths = (stack([e[k] for e in infos])[mask].tolist() for k in ("r", "l"))
+    return [float(r) for r in returns], [int(n) for n in lengths]

@@ -55,9 +55,9 @@ def run_state(algo: RunParts) -> dict[str, Any]:
         "value_optimizer": mlp.optimizer.state_dict() if mlp is not None else {},
         "plugins": {p.name: p.state_dict() for p in algo.plugins},
         "generator": algo.generator.get_state(),
-        # a generator of its own only off the CPU; its state is a host tensor either way
+        # a generator of its own only off the CPU (on the CPU it is ``generator``)
         "device_generator": (algo.device_generator.get_state()
-                             if algo.device_generator is not algo.generator else torch.zeros(0, dtype=torch.uint8)),
+                             if algo.device_generator is not algo.generator else None),
         "counters": algo.counters(),
     }
 
@@ -84,7 +84,7 @@ def load_run_state(algo: RunParts, state: dict[str, Any]) -> None:
         p.load_state_dict(saved[p.name])
     algo.generator.set_state(state["generator"])
     dev_state = state.get("device_generator")
-    if algo.device_generator is not algo.generator and dev_state is not None and dev_state.numel() > 0:
+    if algo.device_generator is not algo.generator and dev_state is not None:
         algo.device_generator.set_state(dev_state)  # else (a checkpoint of a CPU run): stays freshly seeded
     algo.inner_kl_coef = float(state.get("inner_kl_coef", algo.config.inner_kl_coef))
     algo.init_states = state["init_states"].to(algo.device)
