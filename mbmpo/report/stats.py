@@ -90,11 +90,18 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float], confidenc
     except ImportError:
         return None
     a, b = np.asarray(x, dtype=float)[:, None], np.asarray(y, dtype=float)[:, None]  # [runs, 1 task]
-    with warnings.catch_warnings():  # arch (rliable's bootstrap) warns about its own random_state API
-        warnings.simplefilter("ignore", FutureWarning)
-        est, ci = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
-                                             reps=n_resamples, confidence_interval_size=confidence,
-                                             random_state=np.random.RandomState(seed))
+    # rliable 1.2's stratified bootstrap draws from numpy's global RNG whatever random_state
+    # says, so the interval is seeded there (and the caller's global state put back)
+    outer_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch (rliable's bootstrap) warns about its own random_state API
+            warnings.simplefilter("ignore", FutureWarning)
+            est, ci = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
+                                                 reps=n_resamples, confidence_interval_size=confidence,
+                                                 random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(outer_state)
     lo, hi = np.ravel(ci["p"])  # [2, 1]: (low, high) of the one pair
     return float(np.ravel(est["p"])[0]), float(lo), float(hi)
 
